@@ -1,0 +1,1 @@
+"""One module per `irvs` subcommand (see irvs_ros.cli)."""

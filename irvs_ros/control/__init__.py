@@ -1,0 +1,1 @@
+"""Setpoint interpolation, safety envelope and IK for the xArm6 (numpy, pybullet)."""

@@ -1,0 +1,1 @@
+"""Episode dataset store and ingest (numpy, h5py)."""

@@ -1,0 +1,1 @@
+"""Networks, losses, algorithms, trainer and ONNX export (torch)."""

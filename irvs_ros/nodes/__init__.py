@@ -1,0 +1,1 @@
+"""Thin rclpy shells over the library layers."""

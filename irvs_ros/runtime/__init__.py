@@ -1,0 +1,1 @@
+"""Policy-file loading and the argmin optimizers (numpy + onnxruntime; never torch)."""

@@ -1,0 +1,1 @@
+"""Simulated environments, oracles and rollouts (numpy, pybullet)."""
