@@ -1,0 +1,83 @@
+"""`irvs export CHECKPOINT --out FILE.onnx`: write a trained checkpoint as one ONNX policy file.
+
+CHECKPOINT is a checkpoint file or a run directory (its checkpoints/last.pt). After writing, the file is
+loaded back with the runtime loader and, unless --no-verify, the torch policy and the ONNX policy act on
+the same random observations with the same rng seed; a difference above --tolerance fails the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command imports numpy / torch only when it runs, so `irvs --help` stays fast
+    import numpy as np
+
+    from irvs_ros.runtime.spec import PolicySpec
+
+HELP = "export a trained checkpoint to one ONNX policy file"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint .pt file or run directory")
+    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="policy file to write")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip acting with torch and ONNX Runtime on random observations and comparing")
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="largest accepted |torch - onnx| action difference, as a fraction of the action "
+                             "range (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the verification observations and rng")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from irvs_ros.learn.checkpoint import CheckpointError, load_for_export
+    from irvs_ros.learn.export import ExportError, export_policy
+    from irvs_ros.runtime.policy_file import PolicyFileError, load_policy
+
+    out = Path(args.out)
+    if out.suffix != ".onnx":
+        print(f"irvs export: error: --out should name a .onnx file, got {out}", file=sys.stderr)
+        return 2
+    try:
+        algo, train_config, fingerprint = load_for_export(args.checkpoint)
+        export_policy(algo, out, train_config=train_config, dataset_fingerprint=fingerprint, opset=args.opset)
+        policy = load_policy(out, providers=["CPUExecutionProvider"])
+    except (CheckpointError, ExportError, PolicyFileError) as e:
+        print(f"irvs export: error: {e}", file=sys.stderr)
+        return 2
+    spec = policy.spec
+    print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
+    print(f"algorithm: {policy.algorithm}  argmin: {policy.argmin['method']}  eta_inv: {policy.eta_inv}")
+    print(f"observation: {spec.obs.to_dict()}  action_dim: {spec.action_dim}  rate: {spec.control_rate_hz} Hz")
+    if not args.verify:
+        return 0
+    obs = random_observations(spec, 4, np.random.default_rng(args.seed))
+    torch_action = algo.predict(obs, np.random.default_rng(args.seed + 1))
+    onnx_action = policy.act(obs, np.random.default_rng(args.seed + 1))
+    action_range = np.asarray(spec.action_high) - np.asarray(spec.action_low)
+    err = float(np.max(np.abs(torch_action - onnx_action) / action_range))
+    print(f"verify: max |torch - onnx| / action range = {err:.2e} on {len(torch_action)} random observations")
+    if not err <= args.tolerance:
+        print(f"irvs export: error: torch and ONNX actions differ by {err:.2e} of the action range "
+              f"(> --tolerance {args.tolerance})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def random_observations(spec: PolicySpec, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`batch` observations around the dataset statistics: state (B, S) ~ N(mean, std), uniform random image."""
+    import numpy as np  # noqa: F811 - runtime import, see TYPE_CHECKING above
+
+    obs = {}
+    if spec.obs.state_dim > 0:
+        stats = spec.stats.arrays()
+        obs["state"] = (stats["state_mean"] + stats["state_std"] * rng.standard_normal(
+            (batch, spec.obs.state_dim))).astype(np.float32)
+    if spec.obs.image_shape is not None:
+        obs["image"] = rng.integers(0, 256, (batch, *spec.obs.image_shape), dtype=np.uint8)
+    return obs

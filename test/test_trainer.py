@@ -1,0 +1,251 @@
+"""The offline trainer: typed configs and overrides, training, logs, exact resume, DDP, checkpoints for export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from irvs_ros import cli
+from irvs_ros.data.store import Dataset, DatasetWriter
+from irvs_ros.learn.batches import InMemoryBatches, policy_spec_from_dataset, select_top_episodes
+from irvs_ros.learn.checkpoint import load_checkpoint, load_for_export
+from irvs_ros.learn.config_schema import ConfigError, to_dict
+from irvs_ros.learn.train_config import apply_overrides, check_algorithm_params, config_from_dict, load_config
+from irvs_ros.learn.trainer import TrainError, parameter_digest, train
+from irvs_ros.runtime.spec import ObsSpec
+from irvs_ros.sim.particle import ParticleEnv, ParticleOracle
+
+torch.set_num_threads(1)
+N_DIM = 1
+EPISODES = 12
+
+
+def _particle_dataset(path: Path, episodes: int = EPISODES, seed: int = 0) -> Path:
+    """Oracle demonstrations of the 1-D particle task, with rewards from the environment."""
+    env = ParticleEnv(N_DIM, max_steps=20)
+    oracle = ParticleOracle(N_DIM)
+    writer = DatasetWriter(str(path), obs_spec=ObsSpec(state_dim=4 * N_DIM).to_dict(), action_dim=N_DIM,
+                           meta={"env": "particle", "env_kwargs": {"n_dim": N_DIM, "max_steps": 20},
+                                 "action_limits": {"low": [0.0] * N_DIM, "high": [1.0] * N_DIM}})
+    for ep in range(episodes):
+        obs, info = env.reset(seed=seed + ep)
+        oracle.reset()
+        states, actions, rewards = [], [], []
+        done = False
+        while not done:
+            action = oracle(obs)
+            states.append(obs["state"])
+            actions.append(action)
+            obs, reward, terminated, truncated, info = env.step(action)
+            rewards.append(reward)
+            done = terminated or truncated
+        writer.add_episode(action=np.asarray(actions, np.float32), reward=np.asarray(rewards, np.float32),
+                           success=bool(info["success"]), state=np.asarray(states, np.float32))
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset_path(tmp_path_factory) -> Path:
+    return _particle_dataset(tmp_path_factory.mktemp("data") / "particle1d")
+
+
+def _config_dict(dataset: Path, **over) -> dict:
+    base = {"dataset": str(dataset), "algorithm": "mse", "params": {"width": 32, "depth": 2, "dropout": 0.1},
+            "seed": 3, "steps": 30, "batch_size": 32, "log_every": 5, "checkpoint_every": 10}
+    base.update(over)
+    return base
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _train_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\]"):
+        config_from_dict({"dataset": "d", "algorithm": "mse", "stepz": 3})
+    with pytest.raises(ConfigError, match=r"steps: expected an integer, got 'many'"):
+        config_from_dict({"dataset": "d", "algorithm": "mse", "steps": "many"})
+    with pytest.raises(ConfigError, match=r"eval: unknown key\(s\) \['episodez'\]"):
+        config_from_dict({"dataset": "d", "algorithm": "mse", "eval": {"episodez": 3}})
+    with pytest.raises(ConfigError, match=r"dataset: required"):
+        config_from_dict({"algorithm": "mse"})
+    with pytest.raises(ConfigError, match=r"keep_top_fraction: must be in \(0, 1\]"):
+        config_from_dict({"dataset": "d", "algorithm": "mse", "keep_top_fraction": 0.0})
+    with pytest.raises(ConfigError, match=r"params: expected a mapping"):
+        config_from_dict({"dataset": "d", "algorithm": "mse", "params": 5})
+    # Algorithm params are checked against the algorithm's own config before any data is read.
+    with pytest.raises(ConfigError, match=r"params \(mse\): unknown key\(s\) \['widht'\]"):
+        check_algorithm_params(config_from_dict({"dataset": "d", "algorithm": "mse", "params": {"widht": 3}}))
+    with pytest.raises(ConfigError, match=r"unknown 'nope'; known: \[.*'mse'"):
+        check_algorithm_params(config_from_dict({"dataset": "d", "algorithm": "nope"}))
+    path = _write_yaml(tmp_path / "c.yaml", {"dataset": "d", "algorithm": "mse"})
+    with pytest.raises(ConfigError, match=r"c.yaml: lr: expected a number, got 'fast'"):
+        load_config(path, ["lr=fast"])
+    with pytest.raises(ConfigError, match=r"expected key=value"):
+        load_config(path, ["steps"])
+    with pytest.raises(ConfigError, match=r"steps is 1000, not a mapping"):
+        apply_overrides({"steps": 1000}, ["steps.x=1"])
+
+
+def test_overrides_parse_yaml_scalars_and_nest(tmp_path):
+    path = _write_yaml(tmp_path / "c.yaml", {"dataset": "d", "algorithm": "mse", "params": {"width": 8},
+                                             "eval": {"env": "particle", "env_kwargs": {"n_dim": 2}}})
+    cfg = load_config(path, ["steps=250", "lr=5e-4", "params.depth=3", "params.width=16", "eval.env_kwargs.n_dim=4",
+                             "adam_betas=[0.8, 0.9]", "grad_clip=1.5", "eval.every=100", "name=abc"])
+    assert cfg.steps == 250 and cfg.lr == pytest.approx(5e-4) and cfg.name == "abc"
+    assert cfg.params == {"width": 16, "depth": 3}
+    assert cfg.eval.env_kwargs == {"n_dim": 4} and cfg.eval.every == 100 and cfg.eval.env == "particle"
+    assert cfg.adam_betas == (0.8, 0.9) and cfg.grad_clip == 1.5
+    assert load_config(path, ["eval.env=null"]).eval.env is None
+    assert load_config(path).lr == pytest.approx(1e-3)  # IBC B.1 default, decayed 0.99 every 100 steps
+    assert (load_config(path).lr_decay, load_config(path).lr_decay_every) == (0.99, 100)
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+def test_spec_bounds_and_top_fraction(dataset_path):
+    ds = Dataset.open(str(dataset_path))
+    spec = policy_spec_from_dataset(ds, control_rate_hz=20.0)
+    lo, hi = np.asarray(ds.stats["action_min"]), np.asarray(ds.stats["action_max"])
+    pad = 0.05 * (hi - lo)
+    assert np.allclose(spec.action_low, np.maximum(lo - pad, 0.0), atol=1e-6)
+    assert np.allclose(spec.action_high, np.minimum(hi + pad, 1.0), atol=1e-6)
+    assert spec.control_rate_hz == 20.0 and spec.obs.state_dim == 4 * N_DIM
+
+    arrays = ds.arrays()
+    starts = np.concatenate([[0], ds.episode_ends[:-1]])
+    scores = arrays["return"][starts]
+    kept = select_top_episodes(arrays, ds.episode_ends, 0.5)
+    kept_eps = np.unique(kept["episode_index"])
+    assert len(kept_eps) == EPISODES // 2
+    assert scores[kept_eps].min() >= np.sort(scores)[EPISODES // 2 - 1] - 1e-6
+    assert len(kept["action"]) == sum(int(np.sum(arrays["episode_index"] == e)) for e in kept_eps)
+
+    batches = InMemoryBatches(arrays, spec)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    b1, b2 = batches.sample(16, g1), batches.sample(16, g2)
+    assert b1["state"].shape == (16, 4 * N_DIM) and b1["action"].shape == (16, N_DIM) and b1["return"].shape == (16,)
+    assert torch.equal(b1["action"], b2["action"])
+    assert not torch.equal(batches.sample(16, g1)["state"], b1["state"])
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def test_training_reduces_loss_and_logs_scalars(dataset_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config_from_dict(_config_dict(dataset_path, steps=60, lr=3e-3, lr_decay=0.5, lr_decay_every=20,
+                                        log_every=10, params={"width": 32, "depth": 2, "dropout": 0.0}))
+    result = train(cfg, tmp_path / "run")
+    run = result.run_dir
+    rows = _train_rows(run)
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    # StepLR stepped per iteration: the lr logged after step k is lr * decay ** (k // every).
+    assert [r["lr"] for r in rows] == pytest.approx([3e-3 * 0.5 ** (r["step"] // 20) for r in rows])
+    assert all(r["steps_per_sec"] > 0 for r in rows)
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    for tag in ("train/loss", "train/mse", "train/lr", "train/steps_per_sec"):
+        assert tag in acc.Tags()["scalars"], acc.Tags()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [10, 20, 30, 40, 50, 60]
+    assert losses[-1].value == pytest.approx(rows[-1]["loss"], rel=1e-5)
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved == to_dict(cfg)
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "step_00000030.pt").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 60 and summary["world_size"] == 1
+
+
+def test_resume_is_bit_identical(dataset_path, tmp_path):
+    # Dropout on: the global torch RNG must be restored too, not only the batch and loss generators.
+    data = _config_dict(dataset_path, steps=30, params={"width": 32, "depth": 2, "dropout": 0.2})
+    straight = train(config_from_dict(data), tmp_path / "straight")
+    cfg_path = _write_yaml(tmp_path / "cfg.yaml", data)
+    assert cli.main(["train", str(cfg_path), "steps=15", "--out", str(tmp_path / "split"), "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "split")["step"] == 15
+    assert cli.main(["train", str(cfg_path), "--resume", "--out", str(tmp_path / "split"), "--quiet"]) == 0
+
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 30
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    losses = [[r["loss"] for r in _train_rows(tmp_path / name)] for name in ("straight", "split")]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    assert parameter_digest(straight.algorithm) == parameter_digest(load_for_export(tmp_path / "split")[0])
+
+
+def test_resume_guards(dataset_path, tmp_path, capsys):
+    data = _config_dict(dataset_path, steps=5, log_every=5)
+    train(config_from_dict(data), tmp_path / "run")
+    with pytest.raises(TrainError, match="already holds a checkpoint.*--resume"):
+        train(config_from_dict(data), tmp_path / "run")
+    with pytest.raises(TrainError, match="params was .* the config now says"):
+        train(config_from_dict({**data, "params": {"width": 8, "depth": 2}}), tmp_path / "run", resume=True)
+    with pytest.raises(TrainError, match="no checkpoint at"):
+        train(config_from_dict(data), tmp_path / "elsewhere", resume=True)
+    cfg_path = _write_yaml(tmp_path / "cfg.yaml", data)
+    assert cli.main(["train", str(cfg_path), "batch_size=0", "--out", str(tmp_path / "x")]) == 2
+    assert "batch_size: must be > 0" in capsys.readouterr().err
+
+
+def test_load_for_export_rebuilds_the_policy(dataset_path, tmp_path):
+    cfg = config_from_dict(_config_dict(dataset_path, steps=10))
+    result = train(cfg, tmp_path / "run")
+    ds = Dataset.open(str(dataset_path))
+    obs = {"state": ds.arrays()["state"][:7]}
+    before = result.algorithm.predict(obs, np.random.default_rng(0))
+    algo, config, fingerprint = load_for_export(tmp_path / "run")
+    assert not algo.training and next(algo.parameters()).device.type == "cpu"
+    after = algo.predict(obs, np.random.default_rng(0))
+    assert before.shape == (7, N_DIM)
+    np.testing.assert_array_equal(before, after)
+    assert config == to_dict(cfg) and fingerprint == ds.fingerprint
+    assert algo.spec == result.algorithm.spec
+
+
+# ---------------------------------------------------------------------------------------------------- DDP
+def test_ddp_two_cpu_processes(dataset_path, tmp_path):
+    data = _config_dict(dataset_path, steps=40, log_every=10, lr=3e-3, device="cpu",
+                        params={"width": 32, "depth": 2, "dropout": 0.0})
+    cfg_path = _write_yaml(tmp_path / "cfg.yaml", data)
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "irvs_ros.cli", "train", str(cfg_path), "--out", str(run)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"run dir: {run}" in proc.stdout and proc.stdout.count("run dir:") == 1  # rank 0 prints alone
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 40
+    # Each rank drew its own batches (different local losses) yet ended with bit-identical weights:
+    # only averaged gradients can do that.
+    digests, losses = summary["param_digests"], summary["rank_last_losses"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert len(losses) == 2 and losses[0] != losses[1]
+    ckpt = load_checkpoint(run)
+    assert len(ckpt["rng"]) == 2 and ckpt["extra"]["world_size"] == 2
+    assert parameter_digest(load_for_export(run)[0]) == digests[0]
+    rows = _train_rows(run)
+    assert rows[-1]["loss"] < rows[0]["loss"]
