@@ -22,7 +22,8 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="irvs", description="irvs_ros: implicit policies, trained offline, run on ROS 2.")
+    parser = argparse.ArgumentParser(prog="irvs",
+                                     description="irvs_ros: implicit policies, trained offline, run on ROS 2.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

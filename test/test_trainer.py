@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,6 @@ from irvs_ros.learn.trainer import TrainError, parameter_digest, train
 from irvs_ros.runtime.spec import ObsSpec
 from irvs_ros.sim.particle import ParticleEnv, ParticleOracle
 
-torch.set_num_threads(1)
 N_DIM = 1
 EPISODES = 12
 
@@ -51,6 +51,15 @@ def _particle_dataset(path: Path, episodes: int = EPISODES, seed: int = 0) -> Pa
                            success=bool(info["success"]), state=np.asarray(states, np.float32))
     writer.close()
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The machine's cores are shared; tiny nets gain nothing from intra-op threads.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +158,9 @@ def test_training_reduces_loss_and_logs_scalars(dataset_path, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = config_from_dict(_config_dict(dataset_path, steps=60, lr=3e-3, lr_decay=0.5, lr_decay_every=20,
-                                        log_every=10, params={"width": 32, "depth": 2, "dropout": 0.0}))
+                                        log_every=10, params={"width": 32, "depth": 2, "dropout": 0.0},
+                                        eval={"env": "particle", "env_kwargs": {"n_dim": N_DIM, "max_steps": 20},
+                                              "episodes": 3, "every": 30}))
     result = train(cfg, tmp_path / "run")
     run = result.run_dir
     rows = _train_rows(run)
@@ -166,6 +177,12 @@ def test_training_reduces_loss_and_logs_scalars(dataset_path, tmp_path):
     losses = acc.Scalars("train/loss")
     assert [e.step for e in losses] == [10, 20, 30, 40, 50, 60]
     assert losses[-1].value == pytest.approx(rows[-1]["loss"], rel=1e-5)
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [30, 60] and all(r["episodes"] == 3 for r in evals)
+    assert [e.step for e in acc.Scalars("eval/success_rate")] == [30, 60]
+    assert [e.value for e in acc.Scalars("eval/mean_reward")] == pytest.approx([r["mean_reward"] for r in evals])
+    assert result.eval_metrics["mean_reward"] == pytest.approx(evals[-1]["mean_reward"])
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved == to_dict(cfg)
@@ -181,7 +198,8 @@ def test_resume_is_bit_identical(dataset_path, tmp_path):
     cfg_path = _write_yaml(tmp_path / "cfg.yaml", data)
     assert cli.main(["train", str(cfg_path), "steps=15", "--out", str(tmp_path / "split"), "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "split")["step"] == 15
-    assert cli.main(["train", str(cfg_path), "--resume", "--out", str(tmp_path / "split"), "--quiet"]) == 0
+    # The run directory stands for its saved config; overrides may follow the flags.
+    assert cli.main(["train", str(tmp_path / "split"), "--resume", "--quiet", "steps=30"]) == 0
 
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 30
@@ -249,3 +267,37 @@ def test_ddp_two_cpu_processes(dataset_path, tmp_path):
     assert parameter_digest(load_for_export(run)[0]) == digests[0]
     rows = _train_rows(run)
     assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+# ---------------------------------------------------------------------------------------------------- others
+def test_nearest_neighbour_fits_once_on_the_top_episodes(dataset_path, tmp_path):
+    ds = Dataset.open(str(dataset_path))
+    kept = select_top_episodes(ds.arrays(), ds.episode_ends, 0.5)
+    result = train(config_from_dict(_config_dict(dataset_path, algorithm="nn", params={}, keep_top_fraction=0.5)),
+                   tmp_path / "nn")
+    assert result.step == 0 and result.summary["trainable"] is False
+    assert result.summary["dataset_steps"] == len(kept["action"]) < ds.num_steps
+    algo, _, _ = load_for_export(tmp_path / "nn")
+    # Each stored state's nearest neighbour is itself: the table holds exactly the kept episodes.
+    np.testing.assert_array_equal(algo.predict({"state": kept["state"][::7]}, np.random.default_rng(0)),
+                                  kept["action"][::7])
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("train_particle_*.yaml"))
+
+
+def test_particle_configs_cover_every_algorithm():
+    names = {yaml.safe_load(p.read_text())["algorithm"] for p in CONFIGS}
+    assert names == {"ebm_dfo", "ebm_adfo", "ebm_langevin", "irvs", "mse", "mdn", "nn"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_particle_config_trains(path, dataset_path, tmp_path):
+    cfg = load_config(path)
+    check_algorithm_params(cfg)
+    assert cfg.eval.env == "particle" and cfg.control_rate_hz == 20.0
+    # Two steps with the config's own network, on the tiny 1-D dataset, no evaluation.
+    small = load_config(path, [f"dataset={dataset_path}", "steps=2", "batch_size=4", "eval.env=null"])
+    result = train(small, tmp_path / "run")
+    assert result.step == (2 if result.summary["trainable"] else 0)
+    assert all(math.isfinite(v) for v in result.train_metrics.values())

@@ -20,10 +20,12 @@ HELP = "train a policy from a YAML config (with key=value overrides)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="training config YAML (or a run directory holding config.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, dotted keys for nested values (e.g. steps=200 params.hidden=64)")
+                        help="config overrides, dotted keys for nested values (e.g. steps=200 params.width=64)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
     parser.add_argument("--out", metavar="RUN_DIR", default=None, help="run directory (default: out_dir/name)")
     parser.add_argument("--quiet", action="store_true", help="only print the final result")
+    # Let overrides follow the flags too (`irvs train RUN --resume steps=2000`); plain parse_args stops at them.
+    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
 
 
 def run(args: argparse.Namespace) -> int:

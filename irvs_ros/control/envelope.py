@@ -139,7 +139,7 @@ class Envelope:
         return FilterResult(out, True, step_clamped, ws_clamped)
 
     def limit_tick(self, command: np.ndarray, desired: np.ndarray) -> np.ndarray:
-        """Next 100 Hz command xy (2,): `desired` reached from `command` by at most one tick's step, in the workspace."""
+        """Next 100 Hz command xy (2,): toward `desired` from `command` by at most one tick step, in the workspace."""
         cur = _xy(command, "command")
         want = _xy(desired, "desired")
         if not np.all(np.isfinite(want)):

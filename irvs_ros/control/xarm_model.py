@@ -1,7 +1,8 @@
 """The xArm6 from `pybullet_data` with the cell's cylindrical effector, as one URDF file.
 
 The tool is a straight pipe fixed to the flange (link6) along the flange axis, like the real cell's 6-inch PVC
-pipe (McMaster 9173K515: 1/2" pipe, outer diameter 21.3 mm): default radius 0.0107 m, length 0.1524 m.
+pipe: default radius 0.010 m (20 mm diameter; IBC does not state the pipe's diameter, and IBC's oracle
+distances - approach to 3 cm from the block centre - assume a tool of at most ~1 cm radius), length 0.1524 m.
 The control point ("tcp" link) sits on the pipe axis `tcp_above_tip` (default 0.05 m) above the pipe's lower
 end, so with the TCP at the reference effector height 0.06 m the pipe ends 0.01 m above the table and its
 side hits a 0.04 m block over most of the block's height.
@@ -29,7 +30,7 @@ TOOL_LINK = "tool"
 class ToolGeometry:
     """Cylindrical effector fixed to the flange, pointing along the flange axis. Units: metres."""
 
-    radius: float = 0.0107
+    radius: float = 0.01
     length: float = 0.1524
     tcp_above_tip: float = 0.05
 

@@ -78,15 +78,18 @@ def atomic_copy(src: str | Path, dst: str | Path) -> Path:
 
 
 # RNG state ---------------------------------------------------------------------------------------------------
-def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Global torch (CPU and every CUDA device), numpy and python RNG states, plus the named generators' states.
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None,
+                      device: torch.device | str | None = None) -> dict[str, Any]:
+    """Global torch CPU (and, for a CUDA `device`, that device's) RNG state, numpy and python RNG states, plus
+    the named generators' states.
 
     Everything is converted to tensors / plain data so `torch.load(weights_only=True)` reads it back.
     """
+    device = torch.device(device) if device is not None else None
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": random.getstate(),
@@ -95,13 +98,14 @@ def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> d
     return state
 
 
-def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Inverse of `capture_rng_state`: restore the global RNGs and the named generators in place."""
+def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None,
+                      device: torch.device | str | None = None) -> None:
+    """Inverse of `capture_rng_state`: restore the global RNGs (the CUDA one on `device`) and the named
+    generators in place."""
+    device = torch.device(device) if device is not None else None
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        cuda_states = list(state["cuda"])
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+    if state.get("cuda") is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
     np_state = state["numpy"]
     np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["cached_gaussian"]))

@@ -13,7 +13,8 @@ def info_nce(energies: torch.Tensor, positive_index: torch.Tensor | int = 0) -> 
     Returns a scalar (mean over the batch; IBC and IRvS write the sum, which only rescales the learning rate).
     """
     if energies.dim() != 2 or energies.shape[1] < 2:
-        raise ValueError(f"energies must be (B, M) with M >= 2 (positive + counter-examples), got {tuple(energies.shape)}")
+        raise ValueError(f"energies must be (B, M) with M >= 2 (positive + counter-examples), "
+                         f"got {tuple(energies.shape)}")
     if isinstance(positive_index, int):
         if not 0 <= positive_index < energies.shape[1]:
             raise ValueError(f"positive_index {positive_index} outside [0, {energies.shape[1]})")

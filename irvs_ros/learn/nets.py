@@ -63,6 +63,20 @@ class DenseNet(nn.Module):
         self.hidden = nn.ModuleList(dense(width, width) for _ in range(depth if resnet else depth - 1))
         self.out = dense(width, out_dim)
 
+    def plain_copy(self) -> DenseNet:
+        """A new eval-mode DenseNet without spectral-norm parametrizations whose weights equal this one's
+        current (eval) weights; for export, where the normalized weights are just weights."""
+        copy = DenseNet(self.in_dim, self.out_dim, self.width, self.depth, self.resnet, self.dropout, False)
+        copy = copy.to(self.inp.bias.device, self.inp.bias.dtype)
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for dst, (w, b) in zip((copy.inp, *copy.hidden, copy.out), self.weights(), strict=True):
+                dst.weight.copy_(w)
+                dst.bias.copy_(b)
+        self.train(was_training)
+        return copy.eval()
+
     def _drop(self, h: torch.Tensor) -> torch.Tensor:
         return nn.functional.dropout(h, self.dropout, self.training) if self.dropout > 0 else h
 
@@ -137,6 +151,13 @@ class EnergyHead(nn.Module):
             raise ValueError(f"EnergyHead needs feat_dim >= 0 and var_dim >= 1, got {feat_dim}, {var_dim}")
         self.feat_dim, self.var_dim = feat_dim, var_dim
         self.net = DenseNet(feat_dim + var_dim, 1, width, depth, resnet, dropout, spectral_norm)
+
+    def plain_copy(self) -> EnergyHead:
+        """Eval-mode copy with spectral norm folded into plain weights (see `DenseNet.plain_copy`)."""
+        net = self.net
+        copy = EnergyHead(self.feat_dim, self.var_dim, net.width, net.depth, net.resnet, net.dropout, False)
+        copy.net = net.plain_copy()
+        return copy.eval()
 
     def _check(self, feat: torch.Tensor, y: torch.Tensor) -> None:
         if torch.jit.is_tracing():  # shapes are symbolic in an exported graph; checked when run eagerly
@@ -267,17 +288,3 @@ class ObservationEncoder(nn.Module):
                 raise SpecError(f"this encoder needs an image (B, {', '.join(map(str, self.image.image_shape))})")
             parts.append(self.image(image))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-def strip_spectral_norm(module: nn.Module) -> nn.Module:
-    """Replace spectral-norm parametrizations in `module` by their current weights (in place; returns it).
-
-    Call on an eval-mode copy before export: the exported graph then holds plain weights equal to the
-    normalized ones, and no power-iteration ops.
-    """
-    from torch.nn.utils import parametrize
-
-    for m in module.modules():
-        if parametrize.is_parametrized(m, "weight"):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return module

@@ -3,9 +3,9 @@
 A config file looks like::
 
     name: particle_2d_mse
-    dataset: datasets/particle_2d
+    dataset: data/particle2.h5
     algorithm: mse
-    params: {hidden: 128, depth: 16}
+    params: {width: 128, depth: 16, resnet: true}
     steps: 100000
     batch_size: 512
     eval: {env: particle, env_kwargs: {n_dim: 2}, episodes: 100, every: 10000}

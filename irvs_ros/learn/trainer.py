@@ -51,7 +51,7 @@ from irvs_ros.learn.train_config import TrainConfig, check_algorithm_params, sav
 log = logging.getLogger("irvs_ros.train")
 
 # Config keys that must not change when a run is resumed (the weights or the data would not match).
-RESUME_FIXED_KEYS = ("algorithm", "params")
+RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction")
 
 
 class TrainError(RuntimeError):
@@ -110,13 +110,11 @@ def setup_distributed(device_name: str) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     ctx = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # so collectives and default CUDA tensors use this process's GPU
     if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         ctx.initialized_here = True
-    elif world_size > 1 and device.type == "cuda":
-        torch.cuda.set_device(device)
     return ctx
 
 
@@ -133,13 +131,13 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
+def preserved_rng(device: torch.device | None = None) -> Iterator[None]:
     """Run a block (e.g. evaluation) without disturbing the global RNG streams that training depends on."""
-    state = capture_rng_state()
+    state = capture_rng_state(device=device)
     try:
         yield
     finally:
-        restore_rng_state(state)
+        restore_rng_state(state, device=device)
 
 
 def parameter_digest(module: nn.Module) -> str:
@@ -305,7 +303,7 @@ class Trainer:
         rng = ckpt.get("rng")
         generators = {"sample": self.sample_gen, "loss": self.loss_gen}
         if isinstance(rng, list) and len(rng) == ctx.world_size:
-            restore_rng_state(rng[ctx.rank], generators)
+            restore_rng_state(rng[ctx.rank], generators, device=ctx.device)
         else:
             # A different world size cannot replay the old streams; continue with fresh, still seeded ones.
             saved = len(rng) if isinstance(rng, list) else 0
@@ -330,7 +328,7 @@ class Trainer:
 
     def _save(self, extra: dict[str, Any] | None = None) -> Path | None:
         """Checkpoint the current step (collective under DDP: every rank contributes its RNG state)."""
-        rng = self._all_gather(capture_rng_state({"sample": self.sample_gen, "loss": self.loss_gen}))
+        rng = self._all_gather(capture_rng_state({"sample": self.sample_gen, "loss": self.loss_gen}, self.ctx.device))
         path = None
         if self.ctx.is_main:
             path = self.ckpt_dir / step_checkpoint_name(self.step)
@@ -357,7 +355,7 @@ class Trainer:
             self.algorithm.eval()
             t0 = time.perf_counter()
             try:
-                with preserved_rng():
+                with preserved_rng(self.ctx.device):
                     raw = evaluate(ev.env, dict(ev.env_kwargs), lambda obs: self.algorithm.predict(obs, rng),
                                    ev.episodes, ev.seed)
             finally:
@@ -422,6 +420,7 @@ class Trainer:
             "param_digests": digests,
             "rank_last_losses": getattr(self, "_rank_last_losses", None),
             "dataset_fingerprint": self.fingerprint,
+            "dataset_steps": self.num_train_steps,
             "wall_seconds": time.perf_counter() - t_start,
         }
         if ctx.is_main:

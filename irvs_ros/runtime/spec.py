@@ -175,7 +175,7 @@ class PolicySpec:
             raise SpecError("stats.action_min does not match action_dim")
         if len(self.stats.state_mean) != self.obs.state_dim:
             raise SpecError("stats.state_mean does not match obs.state_dim")
-        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high)):
+        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
             raise SpecError("action_low must be < action_high in every dimension")
 
     def normalized_bounds(self) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,9 @@ interpolation, IK in its own kinematics-only client) and the resulting joint pos
 joints by position control at 100 Hz. Physics runs at `physics_hz` (default 300 Hz: an integer number of
 physics steps per 100 Hz tick, and finer than the 240 Hz of IBC's sim).
 
+Every reset rebuilds the world from scratch (about 50 ms): PyBullet's saveState/restoreState leaves
+solver state behind (joint-motor warm starts), which made a seeded episode depend on the episodes before it.
+
 Frame: the arm's base frame; the table top is z = 0; the TCP height is fixed at `EnvelopeConfig.z`.
 The arm's links other than the tool have no collisions (the arm moves in a plane well above the board;
 only the tool touches the block), which also keeps the physics cheap.
@@ -13,6 +16,7 @@ only the tool touches the block), which also keeps the physics cheap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,11 +86,13 @@ class Cell:
     """A PyBullet world with the arm, table and block, stepped one 5 Hz policy period at a time.
 
     `client` is the PyBullet client id (DIRECT unless gui=True). Objects that tasks add (target markers,
-    fixtures) are created through `client` and must be static or be re-posed at every reset.
+    fixtures) are created by callables in `on_build` (called with the client id after every rebuild), so
+    they exist again after each reset.
     """
 
     def __init__(self, config: CellConfig | None = None, *, gui: bool = False) -> None:
         self.config = c = config or CellConfig()
+        self.on_build: list[Callable[[int], None]] = []
         self.client = p.connect(p.GUI if gui else p.DIRECT)
         try:
             self._build()
@@ -96,7 +102,6 @@ class Cell:
         self.ik = XArmIK(c.tool, c.envelope.z)
         self.interpolator = Interpolator(c.envelope, np.array(c.start_xy))
         self.time = 0.0
-        self._initial_state: int | None = None
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
@@ -135,18 +140,13 @@ class Cell:
         self.block = p.createMultiBody(c.block_mass, block_col, block_vis, [0.4, -0.2, s], physicsClientId=cid)
         p.changeDynamics(self.block, -1, lateralFriction=c.block_friction, physicsClientId=cid)
 
-    def snapshot(self) -> None:
-        """Remember the current world (after tasks added their objects) as the state every reset starts from."""
-        self._initial_state = p.saveState(physicsClientId=self.client)
-
     # ------------------------------------------------------------------ episode control
     def reset(self, effector_xy: np.ndarray, block_xy: np.ndarray, block_yaw: float) -> None:
         """Arm at rest with the TCP at effector_xy (clamped into the envelope); block on the table at the pose."""
         cid = self.client
-        if self._initial_state is None:
-            self.snapshot()
-        # restoreState also clears contact caches, so a seeded episode does not depend on the previous one.
-        p.restoreState(self._initial_state, physicsClientId=cid)
+        self._build()
+        for build in self.on_build:
+            build(cid)
         self.time = 0.0
         self.ik.reset()
         self.interpolator.reset(np.asarray(effector_xy, dtype=np.float64), 0.0)

@@ -64,10 +64,14 @@ class PushOracle:
         self.to_orient = 0.2
         self.flat_enough = 0.03
         self.v_approach, self.v_push, self.v_orient = 0.3, 0.35, 0.15
-        self.phase = "move_to_pre_block"
+        self.reach_tol = 0.002
+        self.detour_radius = 0.06
+        self.reset()
 
     def reset(self) -> None:
         self.phase = "move_to_pre_block"
+        self._last_ee: np.ndarray | None = None
+        self._stalls = 0
 
     @staticmethod
     def parse(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,6 +96,20 @@ class PushOracle:
             delta = delta * (cap / n)
         return delta.astype(np.float32)
 
+    def _around_block(self, ee: np.ndarray, block: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """Delta toward `goal` that does not sweep through the block: orbit it at `detour_radius` when the
+        block is in the way (IBC's oracle goes straight and knocks the block away)."""
+        rel_ee, rel_goal = ee - block, goal - block
+        r_ee = float(np.linalg.norm(rel_ee))
+        if r_ee < 1e-9 or float(np.linalg.norm(rel_goal)) < 1e-9:
+            return goal - ee
+        ang = math.atan2(rel_ee[0] * rel_goal[1] - rel_ee[1] * rel_goal[0], float(rel_ee @ rel_goal))
+        if abs(ang) <= math.pi / 3:
+            return goal - ee
+        step = math.copysign(math.pi / 4, ang)
+        waypoint = block + _rot(rel_ee / r_ee, step) * max(self.detour_radius, r_ee)
+        return waypoint - ee
+
     def _push_toward(self, ee: np.ndarray, block: np.ndarray, block_yaw: float, target: np.ndarray,
                      to_orient: float, flat_enough: float, v_push: float) -> tuple[np.ndarray, float]:
         """One step of the oriented push state machine moving `block` toward `target`."""
@@ -108,19 +126,28 @@ class PushOracle:
         speed = v_push
         if self.phase == "move_to_pre_block":
             delta = pre_block - ee
-            if np.linalg.norm(delta) < 1e-3:
+            stalled = self._last_ee is not None and np.linalg.norm(ee - self._last_ee) < 5e-4 and self._stalls >= 2
+            if np.linalg.norm(delta) < 1e-3 or stalled:
+                # `stalled`: the envelope keeps the setpoint from the pre-push point (block near the workspace
+                # edge); push from as close as it gets rather than wait forever.
                 self.phase = "move_to_block"
+                self._stalls = 0
             else:
-                return delta, self.v_approach
+                self._stalls = self._stalls + 1 if (self._last_ee is not None
+                                                    and np.linalg.norm(ee - self._last_ee) < 5e-4) else 0
+                self._last_ee = ee.copy()
+                return self._around_block(ee, block, pre_block), self.v_approach
         if self.phase == "move_to_block":
             delta = next_to - ee
-            if np.linalg.norm(delta) < 1e-3:
+            # 2 mm, not IBC's 1 mm: the tool already grazes a block turned corner-first at 3 cm and pushes
+            # it ahead, so the approach point keeps receding by about a millimetre per step.
+            if np.linalg.norm(delta) < self.reach_tol:
                 self.phase = "push_block"
             if theta_error > to_orient:
                 self.phase = "orient_block_left"
             elif theta_error < -to_orient:
                 self.phase = "orient_block_right"
-            if self.phase == "move_to_block" or self.phase == "push_block":
+            if self.phase == "move_to_block":
                 return delta, speed
         if self.phase == "push_block":
             if abs(theta_error) > to_orient:
@@ -128,12 +155,15 @@ class PushOracle:
             return touching - ee, speed
         if self.phase == "orient_block_left":
             spot = block + _rot(away_dir, self.orient_angle) * self.orient_radius
-            if theta_error < flat_enough:
+            # Unlike IBC, an error that wrapped past -pi/4 (the block turned beyond the next face) keeps the
+            # nudging going the same way instead of counting as flat: near +-pi/4 the sign flips back and
+            # forth and IBC's rule cycles without ever touching the block.
+            if -to_orient <= theta_error < flat_enough:
                 self.phase = "move_to_pre_block"
             return spot - ee, self.v_orient
         if self.phase == "orient_block_right":
             spot = block + _rot(away_dir, -self.orient_angle) * self.orient_radius
-            if theta_error > -flat_enough:
+            if -flat_enough < theta_error <= to_orient:
                 self.phase = "move_to_pre_block"
             return spot - ee, self.v_orient
         raise RuntimeError(f"push oracle in unknown phase {self.phase!r}")
@@ -171,14 +201,13 @@ class InsertOracle(PushOracle):
         pre_insert = fixture + axis * (mouth_u - self.pre_insert_gap)
         in_mouth = u > mouth_u + 0.005
 
-        if self.mode == "transport":
-            if np.linalg.norm(block - pre_insert) < 0.012:
-                self.mode = "insert"
-                self.phase = "move_to_pre_block"
-                self._progress = []
-        elif self.mode == "insert" and not in_mouth and abs(v) > self.off_axis:
-            self.mode = "transport"
+        u_pre = mouth_u - self.pre_insert_gap
+        near_axis = abs(v) < (self.off_axis if self.mode == "transport" else 2 * self.off_axis)
+        mode = "insert" if in_mouth or (near_axis and u > u_pre - 0.012) else "transport"
+        if mode != self.mode:
+            self.mode = mode
             self.phase = "move_to_pre_block"
+            self._progress = []
 
         if self.mode == "transport":
             delta, speed = self._push_toward(ee, block, yaw, pre_insert, self.to_orient, self.flat_enough,
@@ -186,17 +215,17 @@ class InsertOracle(PushOracle):
             return self._finish(delta, speed)
 
         # Insert: push along the axis (aim past the pocket centre), block face aligned to the fixture.
-        aim = fixture + axis * 0.01 + normal * v * 0.0  # the aim is on the axis; v is corrected by re-approach
-        delta, speed = self._push_toward(ee, block, yaw, aim, self.insert_to_orient, self.insert_flat,
-                                         self.v_insert)
+        aim = fixture + axis * 0.01   # on the axis; an off-axis block goes back to transport (see above)
+        # In the mouth the walls and guides hold the yaw; nudging there would drive the tool into a wall.
+        to_orient = math.pi if in_mouth else self.insert_to_orient
+        delta, speed = self._push_toward(ee, block, yaw, aim, to_orient, self.insert_flat, self.v_insert)
         if self.phase == "push_block":
             self._progress.append(u)
             if len(self._progress) > self.jam_steps:
                 recent = self._progress[-self.jam_steps - 1:]
                 inserted = u >= self.pocket / 2 - self.block_size / 2 - 0.002
                 if recent[-1] - recent[0] < 0.002 and not inserted:
-                    # Jammed at the mouth: back off and come in again from the pre-insertion point.
-                    self.mode = "transport"
+                    # Jammed at the mouth: back off behind the block and come in again (re-aligning first).
                     self.phase = "move_to_pre_block"
                     self._progress = []
         else:

@@ -161,8 +161,8 @@ class PushTaskEnv(gym.Env):
         self.cell = Cell(self.cfg.cell, gui=gui)
         bs = self.cfg.cell.block_size
         self.pocket = bs + 2 * self.cfg.fixture.clearance
-        self.goal_body = self._make_fixture() if task == "push_insert" else self._make_target_zone()
-        self.cell.snapshot()
+        self.goal_body = -1
+        self.cell.on_build.append(self._add_goal_body)
         self.camera = None
         self._camera_perturbation = bool(camera_perturbation)
         if self.image_enabled:
@@ -180,6 +180,9 @@ class PushTaskEnv(gym.Env):
         self._steps = 0
 
     # ------------------------------------------------------------------ scene objects
+    def _add_goal_body(self, client: int) -> None:
+        self.goal_body = self._make_fixture() if self.task == "push_insert" else self._make_target_zone()
+
     def _make_target_zone(self) -> int:
         cid = self.cell.client
         vis = p.createVisualShape(p.GEOM_BOX, halfExtents=[0.03, 0.03, 0.0005], rgbaColor=[0.1, 0.75, 0.2, 1],
@@ -191,14 +194,11 @@ class PushTaskEnv(gym.Env):
         f, cid = self.cfg.fixture, self.cell.client
         w = d = self.pocket
         t, hz = f.wall_thickness, f.wall_height / 2
-        boxes = [  # (centre x, centre y, half x, half y, yaw)
-            (t / 2 * 0, w / 2 + t / 2, d / 2 + t / 2, t / 2, 0.0),      # side walls run from the mouth to the back
-            (t / 2 * 0, -w / 2 - t / 2, d / 2 + t / 2, t / 2, 0.0),
+        boxes = [  # (centre x, centre y, half x, half y, yaw); side walls span x in [-d/2, d/2 + t]
+            (t / 2, w / 2 + t / 2, d / 2 + t / 2, t / 2, 0.0),
+            (t / 2, -w / 2 - t / 2, d / 2 + t / 2, t / 2, 0.0),
             (d / 2 + t / 2, 0.0, t / 2, w / 2 + t, 0.0),                  # back wall
         ]
-        # Side walls are centred so they span x in [-d/2, d/2 + t].
-        boxes[0] = (t / 2, w / 2 + t / 2, d / 2 + t / 2, t / 2, 0.0)
-        boxes[1] = (t / 2, -w / 2 - t / 2, d / 2 + t / 2, t / 2, 0.0)
         g, a = f.guide_length, f.guide_angle
         for side in (1.0, -1.0):
             # Inner face from the mouth corner (-d/2, side*w/2) outward at angle a; the box sits behind that face.
@@ -315,12 +315,18 @@ class PushTaskEnv(gym.Env):
 class PushEnv(PushTaskEnv):
     """IBC block pushing in the xArm6 cell (see module docstring)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("push", **kwargs)
+    def __init__(self, *, image: bool = False, image_size: tuple[int, int] = (120, 90),
+                 camera_perturbation: bool = False, max_steps: int | None = None, config: TaskConfig | None = None,
+                 gui: bool = False, render_mode: str | None = "rgb_array") -> None:
+        super().__init__("push", image=image, image_size=image_size, camera_perturbation=camera_perturbation,
+                         max_steps=max_steps, config=config, gui=gui, render_mode=render_mode)
 
 
 class PushInsertEnv(PushTaskEnv):
     """Push a block into a 1 mm-clearance fixture (see module docstring)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("push_insert", **kwargs)
+    def __init__(self, *, image: bool = False, image_size: tuple[int, int] = (120, 90),
+                 camera_perturbation: bool = False, max_steps: int | None = None, config: TaskConfig | None = None,
+                 gui: bool = False, render_mode: str | None = "rgb_array") -> None:
+        super().__init__("push_insert", image=image, image_size=image_size, camera_perturbation=camera_perturbation,
+                         max_steps=max_steps, config=config, gui=gui, render_mode=render_mode)

@@ -1,4 +1,4 @@
-"""Toy environments and their oracles by name: "particle", "room", "leftmost"."""
+"""Environments and their oracles by name: "particle", "room", "leftmost" (toys), "push", "push_insert" (xArm6 cell)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import numpy as np
 
 from irvs_ros.sim.leftmost import LeftmostEnv, LeftmostOracle
 from irvs_ros.sim.particle import ParticleEnv, ParticleOracle
+from irvs_ros.sim.push_oracle import InsertOracle, PushOracle
+from irvs_ros.sim.push_tasks import PushEnv, PushInsertEnv
 from irvs_ros.sim.room import RoomEnv, RoomOracle
 
 
@@ -25,7 +27,8 @@ class Oracle(Protocol):
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-ENVS: dict[str, type[gym.Env]] = {"particle": ParticleEnv, "room": RoomEnv, "leftmost": LeftmostEnv}
+ENVS: dict[str, type[gym.Env]] = {"particle": ParticleEnv, "room": RoomEnv, "leftmost": LeftmostEnv,
+                                  "push": PushEnv, "push_insert": PushInsertEnv}
 
 
 def _checked_kwargs(what: str, fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -59,10 +62,21 @@ def _leftmost_oracle(env: LeftmostEnv, rng: np.random.Generator, p_optimal: floa
     return LeftmostOracle(env.n_dim, rng, p_optimal=p_optimal)
 
 
+def _push_oracle(env: PushEnv, rng: np.random.Generator, noise_std: float = 0.0) -> Oracle:
+    return PushOracle(env.cfg.cell.envelope.policy_period, noise_std=noise_std, rng=rng)
+
+
+def _push_insert_oracle(env: PushInsertEnv, rng: np.random.Generator, noise_std: float = 0.0) -> Oracle:
+    return InsertOracle(env.cfg.cell.envelope.policy_period, noise_std=noise_std, rng=rng,
+                        block_size=env.cfg.cell.block_size, pocket=env.pocket)
+
+
 ORACLES: dict[str, tuple[type[gym.Env], Callable[..., Oracle]]] = {
     "particle": (ParticleEnv, _particle_oracle),
     "room": (RoomEnv, _room_oracle),
     "leftmost": (LeftmostEnv, _leftmost_oracle),
+    "push": (PushEnv, _push_oracle),
+    "push_insert": (PushInsertEnv, _push_insert_oracle),
 }
 
 
@@ -70,7 +84,7 @@ def make_oracle(name: str, env: gym.Env, rng: np.random.Generator | None = None,
     """The scripted policy for environment `name`, reading its parameters from `env`.
 
     Options: particle (switch_radius=0.01), room (noise=0.05, as a fraction of the step limit),
-    leftmost (p_optimal=1.0). `rng` drives the oracle's own choices and noise.
+    leftmost (p_optimal=1.0), push / push_insert (noise_std=0.0). `rng` drives the oracle's own choices and noise.
     """
     if name not in ORACLES:
         raise ValueError(f"no oracle for environment {name!r}; known: {sorted(ORACLES)}")

@@ -33,7 +33,7 @@ from irvs_ros.learn import counter_examples
 from irvs_ros.learn.algorithms.base import Algorithm, ExportGraph, register
 from irvs_ros.learn.config_schema import ConfigError
 from irvs_ros.learn.losses import gradient_penalty, info_nce
-from irvs_ros.learn.nets import EnergyHead, ObservationEncoder, strip_spectral_norm
+from irvs_ros.learn.nets import EnergyHead, ObservationEncoder
 from irvs_ros.runtime import argmin
 from irvs_ros.runtime.spec import PolicySpec
 
@@ -97,7 +97,8 @@ class _DfoFields:
         try:
             self.dfo_config()
         except argmin.ArgminError as e:
-            raise ConfigError(str(e).replace("DfoConfig.", "dfo_")) from e
+            msg = str(e).replace("DfoConfig.num_samples", "dfo_samples").replace("DfoConfig.", "dfo_")
+            raise ConfigError(msg) from e
 
 
 @dataclass
@@ -129,7 +130,9 @@ class _LangevinFields:
         try:
             self.langevin_config()
         except argmin.ArgminError as e:
-            raise ConfigError(str(e).replace("LangevinConfig.", "langevin_")) from e
+            msg = str(e).replace("LangevinConfig.num_samples", "langevin_samples")
+            msg = msg.replace("LangevinConfig.", "langevin_")
+            raise ConfigError(msg) from e
         if self.grad_margin < 0 or self.grad_penalty_weight < 0:
             raise ConfigError(f"grad_margin and grad_penalty_weight must be >= 0, got {self.grad_margin}, "
                               f"{self.grad_penalty_weight}")
@@ -377,8 +380,8 @@ class _EnergyAlgorithm(Algorithm):
 
     def export_graph(self) -> ExportGraph:
         """Eval-mode copy of encoder + head(s), spectral norm folded into plain weights; I/O as in base.py."""
-        encoder = strip_spectral_norm(copy.deepcopy(self.encoder).cpu().eval())
-        heads = strip_spectral_norm(copy.deepcopy(self.heads).cpu().eval())
+        encoder = copy.deepcopy(self.encoder).cpu().eval()
+        heads = nn.ModuleList(h.plain_copy().cpu() for h in self.heads)
         has_state, has_image = self.spec.obs.state_dim > 0, self.spec.obs.image_shape is not None
         module = _ExportModule(encoder, heads, self._export_output, has_state, has_image).eval()
         for p in module.parameters():

@@ -1,0 +1,82 @@
+"""Push tasks with their scripted oracles (state only, no rendering): success rates, seeding, success geometry."""
+
+import math
+
+import numpy as np
+import pytest
+
+from irvs_ros.sim.push_oracle import InsertOracle, PushOracle
+from irvs_ros.sim.push_tasks import FixtureGeometry, PushTaskEnv, inserted_fraction, insertion_reward
+
+
+def _episode(env: PushTaskEnv, seed: int, max_steps: int | None = None) -> tuple[dict, np.ndarray]:
+    oracle = PushOracle() if env.task == "push" else InsertOracle(pocket=env.pocket)
+    obs, info = env.reset(seed=seed)
+    oracle.reset()
+    states = [obs["state"]]
+    for _ in range(max_steps or env.max_steps):
+        obs, _, terminated, truncated, info = env.step(oracle(obs))
+        states.append(obs["state"])
+        if terminated or truncated:
+            break
+    return info, np.array(states)
+
+
+@pytest.mark.parametrize("task,need", [("push", 19), ("push_insert", 18)])
+def test_oracle_success_on_20_seeds(task, need):
+    env = PushTaskEnv(task)
+    try:
+        wins = sum(bool(_episode(env, seed)[0]["success"]) for seed in range(20))
+    finally:
+        env.close()
+    assert wins >= need, f"{task} oracle: {wins}/20 successes, need {need}"
+
+
+def test_same_seed_same_episode_different_seeds_differ():
+    env = PushTaskEnv("push_insert")
+    try:
+        _, a = _episode(env, 5, max_steps=15)
+        _, other = _episode(env, 6, max_steps=15)
+        _, b = _episode(env, 5, max_steps=15)   # after another episode in the same world
+    finally:
+        env.close()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a[0] - other[0]).max() > 1e-3
+
+
+def test_success_geometry_full_half_outside():
+    f = FixtureGeometry()
+    size, pocket = 0.04, 0.042
+    fixture_xy, yaw = np.array([0.4, 0.2]), math.pi / 2 + 0.3
+    axis = np.array([math.cos(yaw), math.sin(yaw)])
+    # Fully inside (seated against the back wall), yaw aligned up to the block's 4-fold symmetry.
+    full = fixture_xy + axis * (pocket - size) / 2
+    assert insertion_reward(inserted_fraction(full, yaw + math.pi / 2, fixture_xy, yaw, size, pocket, pocket), f) == 1.0
+    # Half inside: block centre on the mouth plane.
+    half = fixture_xy - axis * pocket / 2
+    frac = inserted_fraction(half, yaw, fixture_xy, yaw, size, pocket, pocket)
+    assert frac == pytest.approx(0.5, abs=1e-9)
+    assert insertion_reward(frac, f) == 0.5
+    # Outside: in front of the mouth, and beside the fixture.
+    out = fixture_xy - axis * (pocket / 2 + size / 2 + 0.005)
+    assert insertion_reward(inserted_fraction(out, yaw, fixture_xy, yaw, size, pocket, pocket), f) == 0.0
+    side = fixture_xy + np.array([-axis[1], axis[0]]) * 0.1
+    assert inserted_fraction(side, yaw, fixture_xy, yaw, size, pocket, pocket) == 0.0
+    # A block turned 45 degrees at the pocket centre is not fully inside.
+    assert inserted_fraction(fixture_xy, yaw + math.pi / 4, fixture_xy, yaw, size, pocket, pocket) < 0.95
+
+
+def test_env_success_geometry_through_the_simulator():
+    env = PushTaskEnv("push_insert")
+    try:
+        env.reset(seed=1)
+        axis = np.array([math.cos(env.goal_yaw), math.sin(env.goal_yaw)])
+        env.cell.set_block_pose(env.goal_xy + axis * 0.001, env.goal_yaw)
+        ok, level, d = env.evaluate()
+        assert ok and level == 1.0 and d["inserted_fraction"] > 0.95
+        env.cell.set_block_pose(env.goal_xy - axis * env.pocket / 2, env.goal_yaw)
+        assert env.evaluate()[1] == 0.5
+        env.cell.set_block_pose(env.goal_xy - axis * 0.1, env.goal_yaw)
+        assert env.evaluate()[1] == 0.0
+    finally:
+        env.close()
