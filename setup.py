@@ -29,6 +29,9 @@ setup(
     entry_points={
         "console_scripts": [
             "irvs = irvs_ros.cli:main",
+            "sim_node = irvs_ros.nodes.sim_node:main",
+            "interpolator_node = irvs_ros.nodes.interpolator_node:main",
+            "policy_node = irvs_ros.nodes.policy_node:main",
         ],
     },
 )

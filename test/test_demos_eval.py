@@ -175,3 +175,136 @@ def test_irvs_eval_runs_a_policy_file(tmp_path, capsys):
     assert "state_dim=8, action_dim=2" in capsys.readouterr().err
     assert cli.main(["eval", "--policy", str(tmp_path / "missing.onnx"), "--env", "room"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the xArm6 cell: eval, images, videos
+def test_eval_oracle_on_push_insert_reports_rates_and_saves_a_video(tmp_path, capsys):
+    from irvs_ros.sim.video import video_info
+
+    out, videos = tmp_path / "insert.json", tmp_path / "videos"
+    assert cli.main(["eval", "--policy", "oracle", "--env", "push_insert", "--episodes", "2", "--seed", "1000",
+                     "--video", str(videos), "--video-episodes", "1", "--video-format", "mp4",
+                     "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads(out.read_text())
+    for key in ("success_rate", "mean_reward", "mean_final_reward", "full_insertion_rate", "partial_insertion_rate"):
+        assert printed[key] == written[key]
+    episodes = written["per_episode"]
+    levels = [e["reward_level"] for e in episodes]
+    assert written["full_insertion_rate"] == np.mean([lv == 1.0 for lv in levels]) == written["success_rate"]
+    assert written["partial_insertion_rate"] == np.mean([lv == 0.5 for lv in levels])
+    assert written["success_rate"] == 1.0  # the oracle inserts fully on these seeds
+    assert all(e["inserted_fraction"] >= 0.95 and e["final_reward"] == 1.0 for e in episodes)
+    assert written["mean_final_reward"] == 1.0 and 0 < written["mean_reward"] < 1.0
+    # One video, of episode 1: the reset frame plus one 640x360 frame per step.
+    (video,) = written["videos"]
+    assert episodes[1]["video"] == video and "video" not in episodes[0]
+    assert sorted(p.name for p in videos.iterdir()) == ["push_insert_episode001_seed1001.mp4"]
+    info = video_info(video)
+    assert (info.width, info.height) == (640, 360)
+    assert info.frames == episodes[1]["length"] + 1
+    assert info.duration_s == pytest.approx((episodes[1]["length"] + 1) / 5.0)
+
+
+def test_video_files_are_valid_gif_and_mp4(tmp_path):
+    from irvs_ros.sim.video import VideoError, VideoWriter, video_info, write_video
+
+    yy, xx = np.mgrid[0:36, 0:64]
+    base = np.stack([xx * 4, yy * 7, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
+    frames = []
+    for k in range(6):  # a block moving over a gradient
+        frame = base.copy()
+        frame[10:20, 8 * k:8 * k + 10] = (30, 60, 220)
+        frames.append(frame)
+    frames.insert(3, frames[2].copy())  # a still frame, as when the arm waits
+    for suffix in ("gif", "mp4"):
+        path = write_video(tmp_path / f"v.{suffix}", frames, fps=5.0)
+        info = video_info(path)
+        assert (info.width, info.height) == (64, 36)
+        assert info.duration_s == pytest.approx(7 / 5.0)
+        if suffix == "mp4":
+            assert info.frames == 7
+        else:  # Pillow shows two identical consecutive frames as one frame of twice the duration
+            assert info.frames == 6
+    # Frames as they were: the GIF's first frame is close to the first image (adaptive palette).
+    from PIL import Image
+
+    with Image.open(tmp_path / "v.gif") as im:
+        first = np.asarray(im.convert("RGB"), dtype=np.int16)
+    assert np.abs(first - frames[0]).mean() < 4
+    with pytest.raises(VideoError, match=r"must end in one of \['.mp4', '.gif'\]"):
+        VideoWriter(tmp_path / "v.avi")
+    with pytest.raises(VideoError, match="uint8"):
+        write_video(tmp_path / "bad.gif", [np.zeros((4, 4, 3), np.float32)])
+    with pytest.raises(VideoError, match="even width and height"):
+        write_video(tmp_path / "odd.mp4", [np.zeros((5, 4, 3), np.uint8)])
+    with pytest.raises(VideoError, match="is 8x4, the video is 4x4"):
+        write_video(tmp_path / "sizes.gif", [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 8, 3), np.uint8)])
+    with pytest.raises(VideoError, match="no frames"):
+        write_video(tmp_path / "empty.gif", [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.gif", "v.mp4"]  # failures leave no file behind
+    (tmp_path / "fake.mp4").write_bytes(b"not a video")
+    with pytest.raises(VideoError, match="not a readable MP4"):
+        video_info(tmp_path / "fake.mp4")
+
+
+def _image_policy_file(path, image_hw=(24, 32), env_kwargs=None):
+    """Explicit ONNX policy that moves by 0.02 * (mean red, mean green of the image / 127.5 - 1): it needs images."""
+    h, w = image_hw
+    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0),
+             helper.make_node("Slice", ["m", "starts", "ends", "axes"], ["rg"]),
+             helper.make_node("Sub", ["rg", "half"], ["c"]),
+             helper.make_node("Mul", ["c", "gain"], ["action"])]
+    inits = [helper.make_tensor(name, TensorProto.INT64, [1], [v]) for name, v in
+             (("starts", 0), ("ends", 2), ("axes", 1))]
+    inits += [helper.make_tensor("half", TensorProto.FLOAT, [], [127.5]),
+              helper.make_tensor("gain", TensorProto.FLOAT, [], [0.02 / 127.5])]
+    inputs = [helper.make_tensor_value_info("state", TensorProto.FLOAT, ["B", 10]),
+              helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", h, w, 3])]
+    action = helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", 2])
+    graph = helper.make_graph(nodes, "image_policy", inputs, [action], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    spec = PolicySpec(ObsSpec(10, image_shape=(h, w, 3)), 2, NormStats((0.0,) * 10, (1.0,) * 10, (-0.1,) * 2,
+                                                                      (0.1,) * 2), (-0.1,) * 2, (0.1,) * 2,
+                      extra={"env": "push", "env_kwargs": env_kwargs or {"max_steps": 3}})
+    meta = {"format_version": str(policy_file.FORMAT_VERSION), "algorithm": "handmade", "spec": spec.to_json(),
+            "argmin": json.dumps({"method": "none", "eta_inv": 0.0}), "eta_inv": "0.0", "train_config": "{}",
+            "dataset_fingerprint": "", "created": "2026-01-01T00:00:00+00:00", "torch_version": "none"}
+    for key in policy_file.METADATA_KEYS:
+        model.metadata_props.add(key=policy_file.PREFIX + key, value=meta[key])
+    onnx.save(model, str(path))
+
+
+def test_eval_gives_image_policies_images_of_their_size(tmp_path, capsys):
+    path = tmp_path / "image_policy.onnx"
+    _image_policy_file(path)
+    out = tmp_path / "r.json"
+    assert cli.main(["eval", "--policy", str(path), "--episodes", "2", "--seed", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["env"] == "push" and result["env_kwargs"] == {"max_steps": 3, "image": True, "image_size": [32, 24]}
+    seen = []
+
+    def same_policy(obs):
+        assert obs["image"].dtype == np.uint8 and obs["image"].shape == (2, 24, 32, 3)
+        seen.append(obs["image"])
+        return 0.02 * (obs["image"].astype(np.float64).mean(axis=(1, 2))[:, :2] / 127.5 - 1.0)
+
+    expected = evaluate("push", result["env_kwargs"], same_policy, 2, 3)
+    assert len(seen) == 3
+    for got, want in zip(result["per_episode"], expected["per_episode"], strict=True):
+        assert got["length"] == want["length"] == 3
+        assert got["goal_distance"] == pytest.approx(want["goal_distance"], abs=1e-6)
+    # The policy moved the arm by what it saw (not a zero action).
+    assert not np.allclose(same_policy({"image": seen[0]}), 0.0)
+    capsys.readouterr()
+    clash = tmp_path / "clash.onnx"
+    _image_policy_file(clash, env_kwargs={"max_steps": 3, "image": True, "image_size": [120, 90]})
+    assert cli.main(["eval", "--policy", str(clash), "--episodes", "1"]) == 2
+    assert "the policy sees 32x24 images but the environment parameters ask for 120x90" in capsys.readouterr().err
+    assert cli.main(["eval", "--policy", "oracle", "--env", "particle", "--episodes", "2", "--video",
+                     str(tmp_path / "v")]) == 2
+    assert "cannot render frames" in capsys.readouterr().err
+    assert cli.main(["eval", "--policy", "oracle", "--env", "push", "--episodes", "2", "--video",
+                     str(tmp_path / "v"), "--video-episodes", "2"]) == 2
+    assert "must name episodes 0..1" in capsys.readouterr().err

@@ -18,10 +18,11 @@ HELP = "the main job: build, train, export and evaluate a policy end to end"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/demo", help="output folder (dataset, run, policy, results)")
-    parser.add_argument("--algo", default="ebm_dfo", help="algorithm (config/train_particle_<algo>.yaml)")
+    parser.add_argument("--config", default="demo_particle_ebm_dfo",
+                        help="training config name in config/ (default: a small EBM-DFO that trains in minutes)")
     parser.add_argument("--n-dim", type=int, default=2, help="particle dimension N")
     parser.add_argument("--demos", type=int, default=1000, help="oracle demonstrations")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
     parser.add_argument("--seed", type=int, default=0, help="demo and training seed")
 
@@ -76,20 +77,22 @@ def run(args: argparse.Namespace) -> int:
     dataset = out / f"particle{args.n_dim}d_{args.demos}.h5"
     eval_seed = 100_000
     try:
-        config = train_config_path(f"train_particle_{args.algo}")
+        config = train_config_path(args.config)
         if not dataset.exists():
             run_step(["demos", "--env", "particle", "--n-dim", str(args.n_dim), "--episodes", str(args.demos),
                       "--seed", str(args.seed), "--workers", "2", "--out", str(dataset)])
-        summary = train_export_eval(config=config, dataset=dataset, workdir=out, name=f"{args.algo}_{args.n_dim}d",
-                                    overrides=[f"steps={args.steps}", f"seed={args.seed}"], env="particle",
-                                    env_args=["--n-dim", str(args.n_dim)], episodes=args.episodes,
-                                    eval_seed=eval_seed)
+        overrides = [f"seed={args.seed}"] + ([f"steps={args.steps}"] if args.steps else [])
+        name = f"{args.config}_{args.n_dim}d"
+        summary = train_export_eval(config=config, dataset=dataset, workdir=out, name=name,
+                                    overrides=overrides, env="particle", env_args=["--n-dim", str(args.n_dim)],
+                                    episodes=args.episodes, eval_seed=eval_seed)
         picture = plot_episodes(Path(summary["policy_file"]), args.n_dim, eval_seed, out / "episodes.png")
     except PipelineError as exc:
         print(f"irvs demo: {exc}", file=sys.stderr)
         return 1
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{args.algo} on the {args.n_dim}-D particle task: success {100 * summary['success_rate']:.0f}% over "
+    print(f"\n{summary['algorithm']} ({args.config}) on the {args.n_dim}-D particle task: "
+          f"success {100 * summary['success_rate']:.0f}% over "
           f"{summary['episodes']} seeded episodes (policy {summary['policy_file']}, "
           f"{summary['policy_bytes'] / 1e6:.2f} MB; train {summary['train_s']:.0f} s)")
     if picture:

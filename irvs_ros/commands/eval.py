@@ -1,11 +1,14 @@
-"""`irvs eval`: run a policy file (or the oracle) for N seeded episodes of a toy environment.
+"""`irvs eval`: run a policy file (or the oracle) for N seeded episodes of a simulated environment.
 
     irvs eval --policy models/particle2.onnx --env particle --n-dim 2 --episodes 100 --seed 1000 --out results.json
-    irvs eval --policy oracle --env room --episodes 200
+    irvs eval --policy oracle --env push_insert --episodes 100 --video videos/ --video-episodes 0,3
 
 Episode i resets with seed + i; the policy's own sampling uses numpy.random.default_rng(seed). Without --env
-the environment recorded in the policy file (spec.extra "env" / "env_kwargs", from the dataset) is used.
-Prints a JSON summary and writes it, with per-episode results, to --out.
+the environment recorded in the policy file (spec.extra "env" / "env_kwargs", from the dataset) is used. A policy
+whose observation spec has an image gets an environment with images of the matching size (obs["image"]
+(B, H, W, 3) uint8). Prints a JSON summary (success rate, mean reward, mean final reward; for push_insert the
+full and partial insertion rates) and writes it, with per-episode results, to --out. --video saves the
+env.render() frames (640x360 for the xArm6 cell, one per 5 Hz step) of the chosen episodes as MP4 or GIF.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--eta-inv", type=float, default=None, help="IRvS tilt toward high return (default: file's)")
     parser.add_argument("--one-at-a-time", action="store_true",
-                        help="run episodes one by one (batch 1) instead of all in lockstep")
+                        help="run episodes one by one (batch 1) instead of in lockstep")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="episodes run in lockstep per group (default: 10 for push / push_insert, else all)")
+    parser.add_argument("--video", default=None, metavar="DIR", help="save videos of chosen episodes into DIR")
+    parser.add_argument("--video-episodes", default="0", metavar="I,J,...",
+                        help="episode indices (0-based) to record with --video (default 0)")
+    parser.add_argument("--video-format", choices=("mp4", "gif"), default=None,
+                        help="video format (default mp4 when imageio-ffmpeg is installed, else gif)")
+    parser.add_argument("--video-fps", type=float, default=None,
+                        help="frames per second (default: the env's render_fps, 5 = real time for the cell)")
 
 
 def _policy_act_fn(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -47,25 +59,69 @@ def _policy_act_fn(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return (lambda obs: policy.act(obs, rng)), info
 
 
+def _with_policy_images(spec: Any, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """env_kwargs with image=True and the policy's image size when the policy sees images (ValueError on a clash)."""
+    if spec.obs.image_shape is None:
+        return env_kwargs
+    h, w, _ = spec.obs.image_shape
+    given = env_kwargs.get("image_size")
+    if given is not None and [int(v) for v in given] != [w, h]:
+        raise ValueError(f"the policy sees {w}x{h} images but the environment parameters ask for "
+                         f"{given[0]}x{given[1]}")
+    if env_kwargs.get("image") is False:
+        raise ValueError(f"the policy needs {w}x{h} images but the environment parameters say image=false")
+    return {**env_kwargs, "image": True, "image_size": [w, h]}
+
+
 def _check_fit(spec: Any, env: Any) -> None:
     """SpecError-style ValueError when the policy's observation / action sizes do not fit the environment."""
-    state_dim = int(env.observation_space["state"].shape[0])
+    spaces = env.observation_space.spaces
+    state_dim = int(spaces["state"].shape[0])
     action_dim = int(env.action_space.shape[0])
     if spec.obs.image_shape is not None:
-        raise ValueError(f"the policy needs images {spec.obs.image_shape}, but this environment gives states only")
-    if spec.obs.state_dim != state_dim or spec.action_dim != action_dim:
+        if "image" not in spaces:
+            raise ValueError(f"the policy needs images {spec.obs.image_shape}, but this environment gives states only")
+        if tuple(spaces["image"].shape) != tuple(spec.obs.image_shape):
+            raise ValueError(f"the policy needs images {spec.obs.image_shape}, this environment gives "
+                             f"{tuple(spaces['image'].shape)}")
+    if (spec.obs.state_dim and spec.obs.state_dim != state_dim) or spec.action_dim != action_dim:
         raise ValueError(f"the policy was trained for state_dim={spec.obs.state_dim}, action_dim={spec.action_dim}; "
                          f"this environment has state_dim={state_dim}, action_dim={action_dim}")
+
+
+def _video_plan(args: argparse.Namespace, env: Any, env_name: str) -> tuple[dict[int, Path], float]:
+    """({episode index: video file}, fps) from --video / --video-episodes / --video-format / --video-fps."""
+    if args.video is None:
+        return {}, 5.0
+    from irvs_ros.sim.video import default_format
+
+    if "rgb_array" not in (env.metadata.get("render_modes") or []):
+        raise ValueError(f"environment {env_name!r} cannot render frames, so it has no videos")
+    try:
+        chosen = sorted({int(s) for s in str(args.video_episodes).split(",") if s.strip()})
+    except ValueError as exc:
+        raise ValueError(f"--video-episodes must be comma-separated episode indices, e.g. 0,3; got "
+                         f"{args.video_episodes!r}") from exc
+    if not chosen or min(chosen) < 0 or max(chosen) >= args.episodes:
+        raise ValueError(f"--video-episodes {args.video_episodes!r} must name episodes 0..{args.episodes - 1}")
+    fps = float(args.video_fps or env.metadata.get("render_fps") or 5.0)
+    fmt = args.video_format or default_format()
+    directory = Path(args.video)
+    return {i: directory / f"{env_name}_episode{i:03d}_seed{args.seed + i}.{fmt}" for i in chosen}, fps
 
 
 def run(args: argparse.Namespace) -> int:
     from irvs_ros.sim.registry import make_env
     from irvs_ros.sim.rollout import OraclePolicy, evaluate
+    from irvs_ros.sim.video import VideoError
 
+    act_fn: Any = None
     try:
         env_kwargs = env_kwargs_from_args(args)
         oracle_kwargs = parse_kwargs(args.oracle, "oracle option")
         description: dict[str, Any] = {}
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
         if args.policy == "oracle":
             if args.env is None:
                 raise ValueError("--env is required with --policy oracle")
@@ -81,17 +137,33 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{args.policy} records no environment: pass --env")
             if args.env is None:
                 env_kwargs = {**stored_kwargs, **env_kwargs}
-            _check_fit(spec, make_env(env_name, **env_kwargs))
+            env_kwargs = _with_policy_images(spec, env_kwargs)
+        probe = make_env(env_name, **env_kwargs)
+        try:
+            if args.policy != "oracle":
+                _check_fit(spec, probe)
+            videos, fps = _video_plan(args, probe, env_name)
+        finally:
+            probe.close()
         start = time.perf_counter()
-        result = evaluate(env_name, env_kwargs, act_fn, args.episodes, args.seed, batch=not args.one_at_a_time)
-    except (ValueError, FileNotFoundError) as exc:
+        result = evaluate(env_name, env_kwargs, act_fn, args.episodes, args.seed, batch=not args.one_at_a_time,
+                          max_batch=args.batch_size, videos=videos, video_fps=fps)
+    except (ValueError, FileNotFoundError, VideoError) as exc:
         print(f"irvs eval: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if hasattr(act_fn, "close"):
+            act_fn.close()
     summary = {"policy": args.policy if args.policy == "oracle" else str(Path(args.policy)), **description,
                "env": env_name, "env_kwargs": env_kwargs, "episodes": result["episodes"], "seed": args.seed,
                "success_rate": result["success_rate"], "mean_reward": result["mean_reward"],
-               "mean_return": result["mean_return"], "elapsed_s": round(time.perf_counter() - start, 3),
-               "command": command_line("eval", args)}
+               "mean_return": result["mean_return"], "mean_final_reward": result["mean_final_reward"]}
+    for key in ("full_insertion_rate", "partial_insertion_rate"):
+        if key in result:
+            summary[key] = result[key]
+    if videos:
+        summary["videos"] = [str(p) for p in videos.values()]
+    summary.update(elapsed_s=round(time.perf_counter() - start, 3), command=command_line("eval", args))
     print(json.dumps(summary, indent=2))
     if args.out:
         out = Path(args.out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,18 @@ from typing import Any
 
 from irvs_ros import cli
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+def config_dir() -> Path:
+    """config/ of a source checkout (editable install), else the installed share/irvs_ros/config (colcon)."""
+    source = Path(__file__).resolve().parents[2] / "config"
+    if source.is_dir():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("irvs_ros")) / "config"
+    except (ImportError, LookupError):
+        return source
 
 
 class PipelineError(RuntimeError):
@@ -34,10 +46,11 @@ def run_step(argv: list[str]) -> float:
 
 
 def train_config_path(name: str) -> Path:
-    """Path of a shipped training config, e.g. 'train_particle_ebm_dfo' -> config/train_particle_ebm_dfo.yaml."""
-    path = CONFIG_DIR / f"{name}.yaml"
+    """Path of a shipped config by name, e.g. 'train_particle_ebm_dfo' -> config/train_particle_ebm_dfo.yaml."""
+    folder = config_dir()
+    path = folder / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("train_*.yaml"))
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
         raise PipelineError(f"no training config {path}; shipped configs: {known}")
     return path
 
@@ -48,6 +61,10 @@ def train_export_eval(*, config: Path, dataset: Path, workdir: Path, name: str, 
     runs = workdir / "runs"
     policy = workdir / f"{name}.onnx"
     result_file = workdir / f"{name}.eval.json"
+    if (runs / name).exists():
+        # The workdir belongs to this pipeline: a previous (possibly interrupted) run of the same cell is replaced.
+        print(f"removing the previous run {runs / name}", flush=True)
+        shutil.rmtree(runs / name)
     t_train = run_step(["train", str(config), f"dataset={dataset}", f"name={name}", f"out_dir={runs}",
                         "eval.env=null", *overrides])
     t_export = run_step(["export", str(runs / name), "--out", str(policy)])
@@ -62,6 +79,8 @@ def train_export_eval(*, config: Path, dataset: Path, workdir: Path, name: str, 
 
 def machine_info() -> dict[str, Any]:
     """The machine and library versions a result was measured with."""
+    import os
+
     import numpy
     import onnxruntime
     import torch
@@ -74,8 +93,6 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import os
-
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": sys.version.split()[0], "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,

@@ -1,0 +1,245 @@
+"""policy_node: runs one policy file on camera images and publishes absolute TCP setpoints.
+
+Every `period` seconds of the node clock (sim time under use_sim_time) it takes the newest image from
+`/camera/camera/color/image_raw`; if none arrived or the newest is older than `max_image_age` (by its header
+stamp) it holds: warns and publishes nothing. Otherwise it crops/resizes the image to the policy's input
+(`image_ops.crop_resize`), acts (`runtime.policy_file.Policy.act_with_info`: the argmin the file names, IRvS tilt
+`eta_inv`), and publishes `/irvs/setpoint` = previous setpoint + action, through the envelope's step and
+workspace limits (`control.Envelope.apply_delta`). The first previous setpoint is the effector pose
+(`/irvs/ee_pose`) or `start_xy`.
+
+`/diagnostics` (1 Hz): decision latency (compute: image taken -> setpoint published; and image received ->
+setpoint published) p50 / p99 / last in ms, the chosen action's energy, the predicted return, decisions,
+holds for stale images, onnxruntime providers. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from irvs_ros.control.envelope import Envelope, EnvelopeConfig, EnvelopeError
+from irvs_ros.nodes.common import (
+    COMMAND_QOS,
+    DIAG_ERROR,
+    DIAG_OK,
+    DIAG_WARN,
+    SENSOR_QOS,
+    NodeConfigError,
+    Param,
+    declare_parameters,
+    diagnostic_array,
+    diagnostic_status,
+    finite,
+    node_now,
+    one_of,
+    pair,
+    percentile_ms,
+    positive,
+    run_node,
+    to_sec,
+)
+from irvs_ros.nodes.image_ops import ImageError, crop_resize, image_array
+from irvs_ros.runtime.policy_file import PolicyFileError, default_providers, load_policy
+from irvs_ros.runtime.spec import SpecError
+
+NODE_NAME = "policy_node"
+ENVELOPE_KEYS = ("x_min", "x_max", "y_min", "y_max", "min_reach", "max_reach", "z", "max_setpoint_step")
+# State entries the node can fill from the graph, with their sizes.
+STATE_SOURCES = {"effector_xy": 2, "setpoint_xy": 2}
+
+PARAMS: dict[str, Param] = {
+    "model": Param(str, "path to a policy .onnx file", lambda v: None if v.strip() else "a path to a policy file"),
+    "eta_inv": Param(float, "IRvS tilt toward high return; < 0 uses the file's value", finite),
+    "providers": Param(str, "onnxruntime providers", one_of("auto", "cpu", "cuda")),
+    "period": Param(float, "decision period (s, node clock)", positive),
+    "max_image_age": Param(float, "newest image older than this (s) -> hold", positive),
+    "seed": Param(int, "seed of the argmin's sampling"),
+    "image_topic": Param(str, "camera images in (Image)"),
+    "setpoint_topic": Param(str, "absolute TCP setpoints out (PoseStamped)"),
+    "ee_pose_topic": Param(str, "effector pose in (PoseStamped)"),
+    "frame_id": Param(str, "base frame of the setpoints"),
+    "start_from_ee_pose": Param(bool, "start from the effector pose instead of start_xy"),
+    "start_xy": Param(list, "TCP xy (m) the first delta applies to when not starting from the effector pose", pair),
+    "diagnostics_period": Param(float, "seconds between /diagnostics messages", positive),
+    **{f"envelope.{k}": Param(float, f"control.EnvelopeConfig.{k}", finite) for k in ENVELOPE_KEYS},
+}
+
+
+def _providers(choice: str) -> list[str]:
+    if choice == "cpu":
+        return ["CPUExecutionProvider"]
+    if choice == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return default_providers()
+
+
+class PolicyNode(Node):
+    """The 5 Hz policy (see module docstring)."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        try:
+            self.params = p = declare_parameters(self, NODE_NAME, PARAMS)
+            self.envelope = Envelope(EnvelopeConfig(**{k: p[f"envelope.{k}"] for k in ENVELOPE_KEYS}))
+            eta = None if p["eta_inv"] < 0 else p["eta_inv"]
+            self.policy = load_policy(p["model"], eta_inv=eta, providers=_providers(p["providers"]))
+            obs = self.policy.spec.obs
+            if obs.image_shape is None:
+                raise NodeConfigError(f"{NODE_NAME}: {p['model']} is a state-only policy; policy_node acts on images")
+            self._state_keys = self._check_state_keys(obs.state_keys, obs.state_dim)
+        except (PolicyFileError, SpecError, EnvelopeError) as e:
+            self.destroy_node()
+            raise NodeConfigError(f"{NODE_NAME}: {e}") from e
+        except NodeConfigError:
+            self.destroy_node()
+            raise
+        self.image_hw = obs.image_shape[:2]
+        self.rng = np.random.default_rng(p["seed"])
+        self._lock = threading.Lock()
+        self._image: tuple[Image, float] | None = None      # newest message, wall time received
+        self._ee_xy: np.ndarray | None = None
+        self.setpoint: np.ndarray | None = None
+        self.decisions = 0
+        self.stale_holds = 0
+        self.errors = 0
+        self.last_error = ""
+        self.last_energy = float("nan")
+        self.last_return = float("nan")
+        self._compute = collections.deque(maxlen=100)
+        self._end_to_end = collections.deque(maxlen=100)
+
+        self.create_subscription(Image, p["image_topic"], self._on_image, SENSOR_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_ee_pose, COMMAND_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self._pub = self.create_publisher(PoseStamped, p["setpoint_topic"], COMMAND_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(p["period"], self._decide)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self.get_logger().info(f"loaded {self.policy!r}")
+
+    @staticmethod
+    def _check_state_keys(keys: tuple[str, ...], state_dim: int) -> tuple[str, ...]:
+        if state_dim == 0:
+            return ()
+        unknown = [k for k in keys if k not in STATE_SOURCES]
+        if unknown or sum(STATE_SOURCES[k] for k in keys) != state_dim:
+            raise NodeConfigError(f"{NODE_NAME}: the policy's state {list(keys)} (dim {state_dim}) cannot be built "
+                                  f"on the ROS graph; supported keys: {STATE_SOURCES}")
+        return keys
+
+    # ------------------------------------------------------------------ inputs: keep the newest
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            self._image = (msg, time.monotonic())
+
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        xy = np.array([msg.pose.position.x, msg.pose.position.y])
+        if np.all(np.isfinite(xy)):
+            with self._lock:
+                self._ee_xy = xy
+
+    # ------------------------------------------------------------------ the decision
+    def _decide(self) -> None:
+        now = node_now(self)
+        with self._lock:
+            latest, ee_xy = self._image, self._ee_xy
+        if latest is None:
+            self._hold("no image received yet")
+            return
+        msg, received = latest
+        age = now - to_sec(msg.header.stamp)
+        if age > self.params["max_image_age"]:
+            self._hold(f"newest image is {age:.3f} s old (> max_image_age {self.params['max_image_age']} s)")
+            return
+        if self.setpoint is None:
+            if self.params["start_from_ee_pose"]:
+                if ee_xy is None:
+                    self._hold(f"no {self.params['ee_pose_topic']} yet to start from")
+                    return
+                self.setpoint = self.envelope.clamp(ee_xy)
+            else:
+                self.setpoint = self.envelope.clamp(np.asarray(self.params["start_xy"]))
+        t0 = time.monotonic()
+        try:
+            image = crop_resize(image_array(msg), *self.image_hw)
+            obs = {"image": image[None]}
+            if self._state_keys:
+                parts = {"effector_xy": ee_xy if ee_xy is not None else self.setpoint, "setpoint_xy": self.setpoint}
+                obs["state"] = np.concatenate([parts[k] for k in self._state_keys])[None].astype(np.float32)
+            action, info = self.policy.act_with_info(obs, self.rng)
+        except (ImageError, PolicyFileError, SpecError) as e:
+            self.errors += 1
+            self.last_error = str(e)
+            self.get_logger().error(f"decision failed, holding: {e}", throttle_duration_sec=1.0)
+            return
+        res = self.envelope.apply_delta(self.setpoint, action[0])
+        if not res.accepted:
+            self.errors += 1
+            self.last_error = res.reason
+            return
+        out = PoseStamped()
+        out.header.stamp = self.get_clock().now().to_msg()
+        out.header.frame_id = self.params["frame_id"]
+        out.pose.position.x, out.pose.position.y = float(res.xy[0]), float(res.xy[1])
+        out.pose.position.z = self.envelope.config.z
+        out.pose.orientation.y = 1.0  # tool pointing down (control.ik.DOWN_QUATERNION)
+        self._pub.publish(out)
+        done = time.monotonic()
+        self.setpoint = res.xy
+        self.decisions += 1
+        self._compute.append(done - t0)
+        self._end_to_end.append(done - received)
+        if info.get("energy") is not None:
+            self.last_energy = float(info["energy"][0])
+        if info.get("return") is not None:
+            self.last_return = float(info["return"][0])
+
+    def _hold(self, why: str) -> None:
+        self.stale_holds += 1
+        self.get_logger().warn(f"holding, no setpoint: {why}", throttle_duration_sec=1.0)
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        if self.errors and self.last_error:
+            level, message = DIAG_ERROR, f"decision failed: {self.last_error}"
+        elif self.stale_holds and not self.decisions:
+            level, message = DIAG_WARN, "holding: no fresh image"
+        else:
+            level, message = DIAG_OK, "acting"
+        comp, e2e = list(self._compute), list(self._end_to_end)
+        values = {
+            "decisions": self.decisions, "stale_holds": self.stale_holds, "errors": self.errors,
+            "latency_compute_p50_ms": percentile_ms(comp, 50), "latency_compute_p99_ms": percentile_ms(comp, 99),
+            "latency_compute_last_ms": comp[-1] * 1e3 if comp else math.nan,
+            "latency_image_to_setpoint_p50_ms": percentile_ms(e2e, 50),
+            "latency_image_to_setpoint_p99_ms": percentile_ms(e2e, 99),
+            "energy": self.last_energy, "predicted_return": self.last_return,
+            "eta_inv": self.policy.eta_inv, "algorithm": self.policy.algorithm,
+            "argmin": self.policy.argmin.get("method", ""), "providers": ",".join(self.policy.providers),
+        }
+        if self.setpoint is not None:
+            values["setpoint_x"], values["setpoint_y"] = float(self.setpoint[0]), float(self.setpoint[1])
+        status = diagnostic_status(f"{self.get_name()}: policy", level, message, values, self.policy.path.name)
+        self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [status]))
+
+    def close(self) -> None:
+        """Nothing runs outside the executor; present for symmetry with the other nodes."""
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""policy_node over real DDS on sim time, with a tiny IRvS (DFO) image policy exported in the test: setpoints at
+5 Hz that follow the policy's deltas inside the envelope, diagnostics with latency / energy / predicted return,
+stale image -> no new setpoint, clear errors for a missing or bad model."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from irvs_ros.learn.algorithms import make_algorithm
+from irvs_ros.learn.export import export_policy
+from irvs_ros.nodes.common import SENSOR_QOS, NodeConfigError, diagnostic_values, stamp_of, to_sec
+from irvs_ros.nodes.graph import ClockDriver, InProcessGraph, TopicLog
+from irvs_ros.nodes.image_ops import crop_resize, image_msg
+from irvs_ros.nodes.policy_node import PolicyNode
+from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+sys.setswitchinterval(5e-4)
+DOMAIN = 100 + (os.getpid() % 30) * 4 + 2  # unique per test module (last term) and per process
+LOG_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+IMAGE_SHAPE = (18, 24, 3)
+MAX_DELTA = 0.02
+START = (0.4, 0.0)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    """An untrained IRvS image policy with DFO argmin: deltas within +-0.022 m, a return column."""
+    torch.manual_seed(0)
+    stats = NormStats((), (), (-MAX_DELTA, -MAX_DELTA), (MAX_DELTA, MAX_DELTA), 0.0, 1.0)
+    lim = 1.1 * MAX_DELTA
+    spec = PolicySpec(ObsSpec(0, IMAGE_SHAPE, ()), 2, stats, (-lim, -lim), (lim, lim), 5.0)
+    algo = make_algorithm("irvs", spec, {"width": 16, "depth": 2, "method": "dfo", "num_counter_examples": 8,
+                                         "dfo_samples": 64})
+    return str(export_policy(algo, tmp_path_factory.mktemp("policy") / "tiny_irvs.onnx"))
+
+
+@pytest.fixture(scope="module")
+def graph(model):
+    with InProcessGraph(domain_id=DOMAIN) as g:
+        g.policy = g.add(PolicyNode(**g.node_kwargs(use_sim_time=True, model=model, eta_inv=1.0,
+                                                    start_from_ee_pose=False, start_xy=list(START))))
+        probe = g.add(Node("probe", context=g.context))
+        g.clock = ClockDriver(probe, step=0.01, rate=2.0)
+        g.images = probe.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR_QOS)
+        g.setpoints = TopicLog(probe, PoseStamped, "/irvs/setpoint", LOG_QOS)
+        g.diags = TopicLog(probe, DiagnosticArray, "/diagnostics", 10)
+        deadline = time.monotonic() + 10
+        while not (g.images.get_subscription_count() and g.clock.pub.get_subscription_count()
+                   and g.policy._pub.get_subscription_count()):
+            assert time.monotonic() < deadline, "DDS discovery did not match the probe and the policy node"
+            time.sleep(0.01)
+        g.frame = np.random.default_rng(0).integers(0, 256, size=(90, 160, 3), dtype=np.uint8)
+        yield g
+
+
+def publish_image(g, t: float) -> None:
+    g.images.publish(image_msg(g.frame, stamp_of(t), "camera_color_optical_frame"))
+
+
+def policy_diag(g) -> dict[str, str]:
+    statuses = [s for d in g.diags.messages for s in d.status if "policy_node" in s.name]
+    assert statuses, "no policy diagnostics"
+    return diagnostic_values(statuses[-1])
+
+
+def test_publishes_setpoints_at_5_hz_from_fresh_images(graph):
+    graph.setpoints.clear()
+    t0 = graph.clock.time
+    graph.clock.advance(3.0, every=1 / 30, action=lambda t: publish_image(graph, t))  # a 30 Hz camera
+    time.sleep(0.2)
+    msgs = graph.setpoints.messages
+    stamps = np.array([to_sec(m.header.stamp) for m in msgs])
+    in_window = np.count_nonzero((stamps >= t0 + 0.5) & (stamps < t0 + 2.5))
+    assert 9 <= in_window <= 11, in_window  # 5 Hz of the node clock
+    xy = np.array([[m.pose.position.x, m.pose.position.y] for m in msgs])
+    steps = np.abs(np.diff(np.vstack([START, xy]), axis=0))
+    # Absolute setpoints = previous + the policy's delta (bounded by the file's widened action range).
+    assert np.all(steps <= 1.1 * MAX_DELTA + 1e-6) and np.any(steps > 1e-4)
+    assert all(m.header.frame_id == "link_base" and abs(m.pose.position.z - 0.06) < 1e-9 for m in msgs)
+    # The same image and argmin outside ROS give actions in the same range.
+    img = crop_resize(graph.frame, *IMAGE_SHAPE[:2])
+    a = graph.policy.policy.act({"image": img[None]}, np.random.default_rng(1))
+    assert np.all(np.abs(a) <= 1.1 * MAX_DELTA + 1e-6)
+    graph.clock.advance(1.1, every=1 / 30, action=lambda t: publish_image(graph, t))
+    time.sleep(0.1)
+    d = policy_diag(graph)
+    assert int(d["decisions"]) >= 10 and d["algorithm"] == "irvs" and d["argmin"] == "dfo"
+    assert float(d["eta_inv"]) == 1.0
+    assert 0 < float(d["latency_compute_p50_ms"]) < 1000 and np.isfinite(float(d["latency_image_to_setpoint_p99_ms"]))
+    assert np.isfinite(float(d["energy"])) and 0.0 <= float(d["predicted_return"]) <= 1.0
+    assert "CPUExecutionProvider" in d["providers"]
+
+
+def test_stale_image_means_no_new_setpoint(graph):
+    graph.clock.advance(0.5, every=1 / 30, action=lambda t: publish_image(graph, t))
+    last_image = graph.clock.time - (graph.clock.time % (1 / 30))
+    holds0 = graph.policy.stale_holds
+    graph.setpoints.clear()
+    graph.clock.advance(1.5)  # the camera stopped
+    time.sleep(0.2)
+    stamps = [to_sec(m.header.stamp) for m in graph.setpoints.messages]
+    # Nothing decided on an image older than max_image_age (0.3 s); at most one decision period of slack.
+    assert all(s <= last_image + 0.3 + 0.2 + 1e-6 for s in stamps), (stamps, last_image)
+    assert graph.policy.stale_holds - holds0 >= 4
+    # Fresh images again: setpoints resume.
+    graph.setpoints.clear()
+    graph.clock.advance(1.0, every=1 / 30, action=lambda t: publish_image(graph, t))
+    time.sleep(0.2)
+    assert len(graph.setpoints) >= 3
+
+
+def test_missing_or_bad_model_is_a_clear_error(graph, tmp_path):
+    with pytest.raises(NodeConfigError, match="parameter 'model' must be a path to a policy file"):
+        PolicyNode(**graph.node_kwargs())
+    with pytest.raises(NodeConfigError, match="policy_node: .*nope.onnx"):
+        PolicyNode(**graph.node_kwargs(model=str(tmp_path / "nope.onnx")))
