@@ -84,8 +84,8 @@ def command_line(name: str, args: argparse.Namespace, positional: str = "env_kwa
 
 def add_env_arguments(parser: argparse.ArgumentParser, env_required: bool = True) -> None:
     """--env, --n-dim and KEY=VALUE environment parameters (shared with `irvs eval`)."""
-    parser.add_argument("--env", required=env_required,
-                        help="environment: particle | room | leftmost | push | push_insert")
+    parser.add_argument("--env", "--task", dest="env", required=env_required,
+                        help="environment (--task is the same): particle | room | leftmost | push | push_insert")
     parser.add_argument("--n-dim", type=int, default=None, help="dimension N of particle / leftmost")
     parser.add_argument("env_kwargs", nargs="*", metavar="KEY=VALUE",
                         help="more environment parameters, e.g. delta=0.001 goal_radius=0.2 max_steps=3")

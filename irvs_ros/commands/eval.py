@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="episodes run in lockstep per group (default: 10 for push / push_insert, else all)")
     parser.add_argument("--video", default=None, metavar="DIR", help="save videos of chosen episodes into DIR")
-    parser.add_argument("--video-episodes", default="0", metavar="I,J,...",
+    parser.add_argument("--video-episodes", default=None, metavar="I,J,...",
                         help="episode indices (0-based) to record with --video (default 0)")
     parser.add_argument("--video-format", choices=("mp4", "gif"), default=None,
                         help="video format (default mp4 when imageio-ffmpeg is installed, else gif)")
@@ -92,13 +92,15 @@ def _check_fit(spec: Any, env: Any) -> None:
 def _video_plan(args: argparse.Namespace, env: Any, env_name: str) -> tuple[dict[int, Path], float]:
     """({episode index: video file}, fps) from --video / --video-episodes / --video-format / --video-fps."""
     if args.video is None:
+        if args.video_episodes is not None:
+            raise ValueError("--video-episodes needs --video DIR")
         return {}, 5.0
     from irvs_ros.sim.video import default_format
 
     if "rgb_array" not in (env.metadata.get("render_modes") or []):
         raise ValueError(f"environment {env_name!r} cannot render frames, so it has no videos")
     try:
-        chosen = sorted({int(s) for s in str(args.video_episodes).split(",") if s.strip()})
+        chosen = sorted({int(s) for s in str(args.video_episodes or "0").split(",") if s.strip()})
     except ValueError as exc:
         raise ValueError(f"--video-episodes must be comma-separated episode indices, e.g. 0,3; got "
                          f"{args.video_episodes!r}") from exc
