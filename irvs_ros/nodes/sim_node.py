@@ -155,6 +155,8 @@ class SimNode(Node):
         try:
             self._loop()
         except Exception as e:  # make a dead simulation visible
+            if not self.context.ok():
+                return  # rclpy was shut down under the loop (Ctrl-C): a normal stop, not a failure
             self.error = f"{type(e).__name__}: {e}"
             self.get_logger().error(f"simulation stopped: {self.error}")
 
