@@ -32,6 +32,7 @@ setup(
             "sim_node = irvs_ros.nodes.sim_node:main",
             "interpolator_node = irvs_ros.nodes.interpolator_node:main",
             "policy_node = irvs_ros.nodes.policy_node:main",
+            "recorder_node = irvs_ros.nodes.recorder_node:main",
         ],
     },
 )

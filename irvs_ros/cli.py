@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "eval": "run a policy file (or the oracle) for N seeded episodes and report the success rate",
     "bench": "run a benchmark and write its results file",
     "demo": "the main job: build, train, export and evaluate a policy end to end",
+    "ingest": "turn recorded episode bags (MCAP) into a training dataset",
     "bringup": "start a ROS graph (sim, push_insert, teleop_record) without ros2 launch: the launch files' nodes "
                "and parameters",
 }

@@ -36,7 +36,8 @@ from irvs_ros.nodes.image_ops import image_msg
 from irvs_ros.nodes.recorder_node import RecorderNode
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-DOMAIN = 10 + (os.getpid() % 40) * 2  # this module uses DOMAIN and DOMAIN + 1 (the killed process)
+# Domains 1-8, apart from the other node tests (10-99 camera / xarm, 100-219 sim / interpolator / policy, 220+ launch).
+DOMAIN = 1 + (os.getpid() % 4) * 2  # this module uses DOMAIN and DOMAIN + 1 (the killed process)
 
 IMAGE, SETPOINT, JOINTS, EE = ("/camera/camera/color/image_raw", "/irvs/setpoint", "/joint_states", "/irvs/ee_pose")
 TYPES = {IMAGE: "sensor_msgs/msg/Image", SETPOINT: "geometry_msgs/msg/PoseStamped",

@@ -177,8 +177,8 @@ GRAPHS: dict[str, GraphDescription] = {
                          pending="the teleop node (operator input -> /irvs/setpoint, episode services) is not written"
                                  " yet"),
                NodeEntry("recorder_node", "recorder_node", ("recorder_node.yaml",),
-                         from_args=(_SIM_TIME, ArgParam("task", "task", str), ArgParam("output", "output_dir", str)),
-                         pending="the recorder node (episode bags via irvs_ros.data) is not installed yet")),
+                         from_args=(_SIM_TIME, ArgParam("task", "task", str), ArgParam("output", "output_dir", str))),
+               ),
         refusals=(_SIM_CAMERA_REFUSAL,),
     ),
 }

@@ -67,7 +67,7 @@ PARAMS: dict[str, Param] = {
 
 class XArmDriverNode(Node):
     """The xArm6 driver (see module docstring). `adapter` replaces the connection to `robot_ip` (an arm reached
-    another way, or a stand-in for the absent device in tests); `close()` stops the threads (not the arm)."""
+    another way, or a stand-in for the absent device in tests); `close()` stops the threads, not the arm."""
 
     def __init__(self, adapter: XArmAdapter | None = None, **node_kwargs) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
@@ -80,6 +80,7 @@ class XArmDriverNode(Node):
         except ValueError as e:  # NodeConfigError is one
             self.destroy_node()
             raise NodeConfigError(str(e) if str(e).startswith(NODE_NAME) else f"{NODE_NAME}: {e}") from e
+        self._owns_arm = adapter is None  # a connection made here is closed by close()
         try:
             self.arm = adapter or XArmAdapter.connect(p["robot_ip"], p["connect_timeout"])
         except XArmError as e:
@@ -91,6 +92,8 @@ class XArmDriverNode(Node):
                 self.arm.set_tcp_boundary(box)
             self.arm.enable_servo_mode()
         except XArmError as e:
+            if self._owns_arm:
+                self.arm.disconnect()
             self.destroy_node()
             raise NodeConfigError(f"{NODE_NAME}: xArm at {p['robot_ip']!r} could not be made ready: {e}") from e
         self._lock = threading.Lock()
@@ -296,12 +299,14 @@ class XArmDriverNode(Node):
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Stop the node's threads (the arm itself is left as it is; idempotent)."""
+        """Stop the node's threads and close the connection it made (the arm holds its last target; idempotent)."""
         self._stop.set()
         self._new_command.set()
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=2.0)
+        if self._owns_arm and self.arm.connected:
+            self.arm.disconnect()
 
 
 def main(args: list[str] | None = None) -> int:
