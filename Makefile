@@ -10,6 +10,10 @@ ROS_WHEELS := 'ros-rclpy[fastrtps]' ros-sensor-msgs ros-geometry-msgs ros-std-ms
 
 $(STAMP): requirements.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
+	@# pyrealsense2's wheel needs libusb-1.0 from the system (Debian: libusb-1.0-0).
+	@ldconfig -p | grep -q libusb-1.0 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0; } || \
+	  { echo "install libusb-1.0-0 (sudo apt-get install libusb-1.0-0)"; exit 1; }
 	$(PYTHON) -m venv $(if $(ROS_DISTRO),--system-site-packages) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

@@ -33,6 +33,8 @@ setup(
             "interpolator_node = irvs_ros.nodes.interpolator_node:main",
             "policy_node = irvs_ros.nodes.policy_node:main",
             "recorder_node = irvs_ros.nodes.recorder_node:main",
+            "camera_node = irvs_ros.nodes.camera_node:main",
+            "xarm_driver_node = irvs_ros.nodes.xarm_driver_node:main",
         ],
     },
 )

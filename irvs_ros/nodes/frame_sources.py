@@ -78,11 +78,14 @@ def _rs():
 
 
 def _to_rgb(data: np.ndarray, fmt_name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a frame buffer in RGB8 / BGR8 / RGBA8 / BGRA8."""
+    """(H, W, 3) uint8 RGB copy of a frame buffer in RGB8 / BGR8 / RGBA8 / BGRA8.
+
+    Always a copy: a librealsense frame must not outlive its read (frames come from a small pool that the
+    device waits on, and a frame released after the pipeline stopped is not safe)."""
     if fmt_name in ("rgb8", "rgba8"):
-        return np.ascontiguousarray(data[:, :, :3])
+        return np.array(data[:, :, :3], dtype=np.uint8, order="C", copy=True)
     if fmt_name in ("bgr8", "bgra8"):
-        return np.ascontiguousarray(data[:, :, 2::-1])
+        return np.array(data[:, :, 2::-1], dtype=np.uint8, order="C", copy=True)
     raise FrameSourceError(f"colour format {fmt_name} is not supported; expected rgb8, bgr8, rgba8 or bgra8")
 
 
@@ -97,19 +100,20 @@ class RealSensePipelineSource(FrameSource):
     def _config(self, rs):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _after_start(self, profile) -> None:
-        """Hook run once the pipeline runs (playback pacing)."""
+    def _prepare(self, device) -> None:
+        """Hook run on the resolved device before the pipeline starts (playback pacing)."""
 
     def start(self) -> StreamInfo:
         rs = _rs()
         config = self._config(rs)
         pipeline = rs.pipeline()
         try:
+            # Resolve first: the pipeline then starts this very device, so settings made on it count from frame 0.
+            self._prepare(config.resolve(pipeline).get_device())
             profile = pipeline.start(config)
         except RuntimeError as e:
             raise FrameSourceError(f"{self.describe()}: the RealSense pipeline did not start: {e}") from e
         try:
-            self._after_start(profile)
             color = profile.get_stream(rs.stream.color).as_video_stream_profile()
             fmt = str(color.format()).split(".")[-1]
             if fmt not in ("rgb8", "bgr8", "rgba8", "bgra8"):
@@ -139,15 +143,20 @@ class RealSensePipelineSource(FrameSource):
         color = frames.get_color_frame()
         if not color:
             return None
-        data = np.asanyarray(color.get_data())
-        return Frame(rgb=_to_rgb(data, fmt), timestamp_ms=float(color.get_timestamp()),
-                     frame_number=int(color.get_frame_number()))
+        rgb = _to_rgb(np.asanyarray(color.get_data()), fmt)
+        result = Frame(rgb=rgb, timestamp_ms=float(color.get_timestamp()), frame_number=int(color.get_frame_number()))
+        del color, frames  # hand the frames back to librealsense now
+        return result
+
+    def _before_stop(self, pipeline) -> None:
+        """Hook run before the pipeline stops."""
 
     def stop(self) -> None:
         with self._lock:
             pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             try:
+                self._before_stop(pipeline)
                 pipeline.stop()
             except RuntimeError:  # already stopped (e.g. the device went away)
                 pass
@@ -204,8 +213,13 @@ class RealSensePlaybackSource(RealSensePipelineSource):
         config.enable_stream(rs.stream.color)  # the file's own colour stream, whatever its size and format
         return config
 
-    def _after_start(self, profile) -> None:
-        profile.get_device().as_playback().set_real_time(self.real_time)
+    def _prepare(self, device) -> None:
+        device.as_playback().set_real_time(self.real_time)
+
+    def _before_stop(self, pipeline) -> None:
+        # No frame in flight while the playback sensors stop (librealsense issue 9446: a stop racing a frame
+        # delivery can crash).
+        pipeline.get_active_profile().get_device().as_playback().pause()
 
 
 def make_frame_source(kind: str, *, width: int = 640, height: int = 360, fps: int = 30, serial: str = "",

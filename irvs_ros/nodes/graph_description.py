@@ -110,12 +110,6 @@ _CAMERA = LaunchArg("camera", "realsense", "image source: realsense (the D415 on
                     "camera, needs use_sim:=true)", ("realsense", "sim"))
 _SIM_TIME = ArgParam("use_sim", "use_sim_time", bool)
 
-# Pending = no console script yet. Drop the marker when setup.py installs the executable (test_launch_bringup
-# fails until then); the parameter files named with a pending node need not exist before.
-_XARM_PENDING = "the xArm6 driver node (xArm Python SDK, joint commands in, /joint_states out) is not installed yet"
-_CAMERA_PENDING = ("the camera node is not installed yet; realsense-ros (`ros2 launch realsense2_camera rs_launch.py`)"
-                   " publishes the same topic and can be started beside this launch")
-
 
 def _sim_node(task: str | None = None, when: tuple[tuple[str, str], ...] = ()) -> NodeEntry:
     fixed = (("task", task),) if task else ()
@@ -125,10 +119,9 @@ def _sim_node(task: str | None = None, when: tuple[tuple[str, str], ...] = ()) -
 def _real_robot_nodes() -> tuple[NodeEntry, ...]:
     return (
         NodeEntry("xarm_driver_node", "xarm_driver_node", ("xarm_driver_node.yaml",),
-                  from_args=(ArgParam("robot_ip", "robot_ip", str),), when=(("use_sim", "false"),),
-                  pending=_XARM_PENDING),
+                  from_args=(ArgParam("robot_ip", "robot_ip", str),), when=(("use_sim", "false"),)),
         NodeEntry("camera_node", "camera_node", ("camera_node.yaml",),
-                  when=(("use_sim", "false"), ("camera", "realsense")), pending=_CAMERA_PENDING),
+                  when=(("use_sim", "false"), ("camera", "realsense"))),
     )
 
 
