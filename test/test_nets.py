@@ -129,6 +129,29 @@ def test_conv_maxpool_on_raw_uint8_images(pooling, out_dim):
     torch.testing.assert_close(enc.pool(enc.convs(x)).reshape(2, -1), feat)
 
 
+@pytest.mark.parametrize("algorithm", ["ebm_dfo", "irvs", "mse", "mdn"])
+def test_image_encoder_options_reach_every_algorithm(algorithm):
+    """image_channels / image_stem_stride from an algorithm's params build that encoder; a strided stem halves the
+    feature map; bad values are config errors naming the field."""
+    from irvs_ros.learn.algorithms import make_algorithm
+    from irvs_ros.learn.config_schema import ConfigError
+    from irvs_ros.runtime.spec import PolicySpec
+
+    stats = NormStats((), (), (-1.0, -1.0), (1.0, 1.0))
+    spec = PolicySpec(ObsSpec(0, (24, 32, 3), ()), 2, stats, (-1.1, -1.1), (1.1, 1.1), 5.0)
+    algo = make_algorithm(algorithm, spec, {"width": 8, "depth": 2, "image_channels": [4, 6, 5],
+                                            "image_stem_stride": 2})
+    image = next(m for m in algo.modules() if isinstance(m, ConvMaxPool))
+    convs = [m for m in image.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 6, 5] and convs[0].stride == (2, 2)
+    assert image.out_dim == 10 and tuple(image.pool.coords.shape) == (3 * 4, 2)  # 24x32 -> 12x16 -> 6x8 -> 3x4
+    assert torch.isfinite(image(torch.zeros(1, 24, 32, 3, dtype=torch.uint8))).all()
+    with pytest.raises(ConfigError, match="image_stem_stride"):
+        make_algorithm(algorithm, spec, {"image_stem_stride": 3})
+    with pytest.raises(ConfigError, match="image_channels"):
+        make_algorithm(algorithm, spec, {"image_channels": []})
+
+
 def test_spatial_soft_argmax_finds_a_bright_spot():
     maps = torch.full((1, 1, 4, 5), -50.0)
     maps[0, 0, 3, 1] = 50.0  # row 3 of 4 (y = +1), column 1 of 5 (x = -0.5)

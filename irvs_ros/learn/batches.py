@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -44,6 +45,28 @@ def policy_spec_from_dataset(ds: Any, control_rate_hz: float | None = None) -> P
     extra = {k: meta[k] for k in ("env", "env_kwargs") if k in meta}
     return PolicySpec(obs=obs, action_dim=int(ds.action_dim), stats=stats, action_low=tuple(low.tolist()),
                       action_high=tuple(high.tolist()), control_rate_hz=float(control_rate_hz), extra=extra)
+
+
+def image_only(spec: PolicySpec) -> PolicySpec:
+    """`spec` observing its image alone: no state and no state statistics (SpecError when it has no image)."""
+    if spec.obs.image_shape is None:
+        raise SpecError("observation 'image' needs a dataset with images (this one observes states only)")
+    stats = NormStats((), (), spec.stats.action_min, spec.stats.action_max, spec.stats.return_min,
+                      spec.stats.return_max)
+    return dataclasses.replace(spec, obs=ObsSpec(0, spec.obs.image_shape, ()), stats=stats)
+
+
+def random_shift(image: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image (B, H, W, C) uint8 shifted by an integer offset in [-pad, pad] per axis, edges replicated.
+
+    Offsets come from the CPU `generator`, so the augmentation stream is reproducible (and resumable)."""
+    if pad <= 0:
+        return image
+    b, h, w, _ = image.shape
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).tolist()
+    padded = torch.nn.functional.pad(image.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
+    crops = [padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)]
+    return torch.stack(crops).permute(0, 2, 3, 1).to(torch.uint8)
 
 
 def episode_starts(episode_ends: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -20,9 +21,11 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from irvs_ros.runtime.spec import NormStats, ObsSpec, SpecError
+from irvs_ros.learn.config_schema import ConfigError
+from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec, SpecError
 
 ImagePooling = Literal["spatial_softmax", "avg"]
+IBC_CONV_CHANNELS = (32, 64, 128, 256)  # IBC appendix E.2
 
 
 def _check_dense_args(in_dim: int, out_dim: int, width: int, depth: int, resnet: bool, dropout: float) -> None:
@@ -215,14 +218,19 @@ class ConvMaxPool(nn.Module):
     conv3x3(32) - pool - conv3x3(64) - pool - conv3x3(128) - pool - conv3x3(256), ReLU after each conv,
     2x2 max-pooling, then spatial soft-argmax (keypoints, out_dim = 2 * 256) or global average pooling
     (out_dim = 256). CoordConv appends two pixel-coordinate channels in [-1, 1] to the input.
+    `channels` sets the conv widths (their number = conv layers); `stem_stride` 2 makes the first conv strided
+    (a quarter of the compute of every layer, for CPU training; IBC's encoder is stride 1).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], coord_conv: bool = True,
-                 pooling: ImagePooling = "spatial_softmax", channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+                 pooling: ImagePooling = "spatial_softmax", channels: tuple[int, ...] = IBC_CONV_CHANNELS,
+                 stem_stride: int = 1) -> None:
         super().__init__()
         h, w, c = image_shape
         if c != 3 or h < 8 or w < 8:
             raise ValueError(f"ConvMaxPool needs images (H >= 8, W >= 8, 3), got {image_shape}")
+        if not channels or min(channels) < 1 or stem_stride not in (1, 2):
+            raise ValueError(f"ConvMaxPool needs channels >= 1 and stem_stride 1 or 2, got {channels}, {stem_stride}")
         if pooling not in ("spatial_softmax", "avg"):
             raise ValueError(f"pooling must be 'spatial_softmax' or 'avg', got {pooling!r}")
         self.image_shape = (h, w, c)
@@ -235,10 +243,10 @@ class ConvMaxPool(nn.Module):
         for i, out_ch in enumerate(channels):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
-            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, stride=stem_stride if i == 0 else 1), nn.ReLU()]
             in_ch = out_ch
         self.convs = nn.Sequential(*layers)
-        fh, fw = h, w
+        fh, fw = (h - 1) // stem_stride + 1, (w - 1) // stem_stride + 1
         for _ in range(len(channels) - 1):
             fh, fw = fh // 2, fw // 2
         if pooling == "spatial_softmax":
@@ -265,7 +273,8 @@ class ObservationEncoder(nn.Module):
     """
 
     def __init__(self, obs: ObsSpec, stats: NormStats, coord_conv: bool = True,
-                 pooling: ImagePooling = "spatial_softmax") -> None:
+                 pooling: ImagePooling = "spatial_softmax", channels: tuple[int, ...] = IBC_CONV_CHANNELS,
+                 stem_stride: int = 1) -> None:
         super().__init__()
         if len(stats.state_mean) != obs.state_dim:
             raise SpecError(f"stats.state_mean has length {len(stats.state_mean)}, expected {obs.state_dim}")
@@ -274,7 +283,7 @@ class ObservationEncoder(nn.Module):
         self.register_buffer("state_std", torch.as_tensor(np.asarray(stats.state_std, np.float32)))
         self.image: ConvMaxPool | None = None
         if obs.image_shape is not None:
-            self.image = ConvMaxPool(obs.image_shape, coord_conv, pooling)
+            self.image = ConvMaxPool(obs.image_shape, coord_conv, pooling, tuple(channels), stem_stride)
         self.out_dim = self.state_dim + (self.image.out_dim if self.image is not None else 0)
 
     def forward(self, state: torch.Tensor | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
@@ -288,3 +297,28 @@ class ObservationEncoder(nn.Module):
                 raise SpecError(f"this encoder needs an image (B, {', '.join(map(str, self.image.image_shape))})")
             parts.append(self.image(image))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+@dataclass
+class ImageEncoderFields:
+    """Image encoder hyper-parameters shared by every algorithm config (ignored by state-only policies).
+
+    coord_conv, image_pooling: IBC E.2 (CoordConv; spatial soft-argmax keypoints or average pooling).
+    image_channels: ConvMaxPool conv widths (IBC: 32-64-128-256). image_stem_stride: 2 = strided first conv.
+    """
+
+    coord_conv: bool = True
+    image_pooling: ImagePooling = "spatial_softmax"
+    image_channels: tuple[int, ...] = IBC_CONV_CHANNELS
+    image_stem_stride: int = 1
+
+    def validate_image(self) -> None:
+        if not self.image_channels or min(self.image_channels) < 1:
+            raise ConfigError(f"image_channels: expected widths >= 1, got {list(self.image_channels)}")
+        if self.image_stem_stride not in (1, 2):
+            raise ConfigError(f"image_stem_stride: must be 1 or 2, got {self.image_stem_stride}")
+
+    def observation_encoder(self, spec: PolicySpec) -> ObservationEncoder:
+        """The encoder of `spec`'s observations with these options."""
+        return ObservationEncoder(spec.obs, spec.stats, self.coord_conv, self.image_pooling, self.image_channels,
+                                  self.image_stem_stride)

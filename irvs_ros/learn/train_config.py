@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -65,6 +65,10 @@ class TrainConfig:
     grad_clip: max global gradient norm, or None for no clipping.
     keep_top_fraction: keep only this fraction of episodes, ranked by episode return (1.0 keeps all; IBC's
         return-filtered BC keeps the top 0.5).
+    observation: "all" trains on everything the dataset observes; "image" on the camera image alone (a pixel
+        policy that needs no state at run time, like the robot graph's policy_node), ignoring the dataset's state.
+    image_shift: random-shift augmentation of training images by up to this many pixels (edge-replicated,
+        per sample; 0 = off). A regularizer for pixel policies trained on few demonstrations.
     control_rate_hz: decisions per second recorded in the policy spec; None takes the dataset's
         meta["control_rate_hz"] (else 5 Hz).
     device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
@@ -87,6 +91,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None
     keep_top_fraction: float = 1.0
+    observation: Literal["all", "image"] = "all"
+    image_shift: int = 0
     control_rate_hz: float | None = None
     device: str = "auto"
     log_every: int = 100
@@ -113,6 +119,8 @@ class TrainConfig:
             raise ConfigError(f"grad_clip: must be a positive number or null, got {self.grad_clip}")
         if not 0.0 < self.keep_top_fraction <= 1.0:
             raise ConfigError(f"keep_top_fraction: must be in (0, 1], got {self.keep_top_fraction}")
+        if self.image_shift < 0:
+            raise ConfigError(f"image_shift: must be >= 0 pixels, got {self.image_shift}")
         if self.control_rate_hz is not None and self.control_rate_hz <= 0:
             raise ConfigError(f"control_rate_hz: must be > 0 or null, got {self.control_rate_hz}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):

@@ -35,7 +35,13 @@ import torch.distributed as dist
 from torch import nn
 
 from irvs_ros.learn.algorithms.base import Algorithm, make_algorithm
-from irvs_ros.learn.batches import InMemoryBatches, policy_spec_from_dataset, select_top_episodes
+from irvs_ros.learn.batches import (
+    InMemoryBatches,
+    image_only,
+    policy_spec_from_dataset,
+    random_shift,
+    select_top_episodes,
+)
 from irvs_ros.learn.checkpoint import (
     LAST_NAME,
     CheckpointError,
@@ -51,7 +57,7 @@ from irvs_ros.learn.train_config import TrainConfig, check_algorithm_params, sav
 log = logging.getLogger("irvs_ros.train")
 
 # Config keys that must not change when a run is resumed (the weights or the data would not match).
-RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction")
+RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction", "observation")
 
 
 class TrainError(RuntimeError):
@@ -250,6 +256,8 @@ class Trainer:
             raise TrainError(f"--resume: dataset {cfg.dataset!r} has fingerprint {self.fingerprint}, the checkpoint "
                              f"was trained on {self.ckpt['dataset_fingerprint']}")
         self.spec = policy_spec_from_dataset(self.dataset, cfg.control_rate_hz)
+        if cfg.observation == "image":
+            self.spec = image_only(self.spec)
         arrays = select_top_episodes(self.dataset.arrays(), self.dataset.episode_ends, cfg.keep_top_fraction)
 
         # Same seed on every rank, so every rank builds identical initial weights.
@@ -442,6 +450,8 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 batch = self.batches.sample(cfg.batch_size, self.sample_gen)
+                if cfg.image_shift and "image" in batch:
+                    batch["image"] = random_shift(batch["image"], cfg.image_shift, self.sample_gen)
                 losses = self.loss_module(batch, self.loss_gen)
                 if "loss" not in losses:
                     raise TrainError(f"{cfg.algorithm}.compute_loss returned {sorted(losses)}, without 'loss'")

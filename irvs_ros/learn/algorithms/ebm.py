@@ -33,7 +33,7 @@ from irvs_ros.learn import counter_examples
 from irvs_ros.learn.algorithms.base import Algorithm, ExportGraph, register
 from irvs_ros.learn.config_schema import ConfigError
 from irvs_ros.learn.losses import gradient_penalty, info_nce
-from irvs_ros.learn.nets import EnergyHead, ObservationEncoder
+from irvs_ros.learn.nets import EnergyHead, ImageEncoderFields, ObservationEncoder
 from irvs_ros.runtime import argmin
 from irvs_ros.runtime.spec import PolicySpec
 
@@ -46,14 +46,14 @@ _MAX_CANDIDATES_PER_CALL = 65536
 
 
 @dataclass
-class _EnergyNetConfig:
+class _EnergyNetConfig(ImageEncoderFields):
     """Network and counter-example fields shared by all energy-based algorithms.
 
     width, depth: dense layers of the energy head (depth counts hidden layers; even for a ResNet).
     resnet: pre-activation ResNet dense blocks instead of a plain MLP (IBC E.1).
     dropout: dropout rate in the head during training (IBC B.1 finds it does not help EBMs: 0).
     spectral_norm: spectrally normalized dense layers (IBC B.3.1, IRvS A.2).
-    coord_conv, image_pooling: image encoder options (IBC E.2); ignored for state-only policies.
+    coord_conv, image_pooling, image_channels, image_stem_stride: image encoder (nets.ImageEncoderFields).
     num_counter_examples: negatives per training sample.
     """
 
@@ -62,11 +62,10 @@ class _EnergyNetConfig:
     resnet: bool = True
     dropout: float = 0.0
     spectral_norm: bool = False
-    coord_conv: bool = True
-    image_pooling: Literal["spatial_softmax", "avg"] = "spatial_softmax"
     num_counter_examples: int = 8
 
     def validate(self) -> None:
+        self.validate_image()
         if self.width < 1:
             raise ConfigError(f"width: must be >= 1, got {self.width}")
         if self.depth < 1:
@@ -246,7 +245,7 @@ class _EnergyAlgorithm(Algorithm):
 
     def __init__(self, spec: PolicySpec, config: Any) -> None:
         super().__init__(spec, config)
-        self.encoder = ObservationEncoder(spec.obs, spec.stats, config.coord_conv, config.image_pooling)
+        self.encoder = config.observation_encoder(spec)
         center, half = spec.stats.action_scale()
         self.register_buffer("action_center", torch.as_tensor(center, dtype=torch.float32))
         self.register_buffer("action_half", torch.as_tensor(half, dtype=torch.float32))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from irvs_ros.learn.algorithms.mse import (
     obs_to_tensors,
 )
 from irvs_ros.learn.config_schema import ConfigError
-from irvs_ros.learn.nets import DenseNet, ObservationEncoder
+from irvs_ros.learn.nets import DenseNet, ImageEncoderFields
 from irvs_ros.runtime.spec import PolicySpec
 
 # Bounds on log standard deviations in normalized action units: keeps the likelihood finite when a
@@ -39,14 +38,14 @@ LOG_STD_MIN, LOG_STD_MAX = -7.0, 2.0
 
 
 @dataclass
-class MdnConfig:
+class MdnConfig(ImageEncoderFields):
     """Mixture density network policy.
 
     num_components: K Gaussians (IBC pixels MDN: 26).
     width, depth, resnet, dropout: the dense trunk (as for MSE; IBC's MDN tables: 512 x 8, dropout 0.1).
     training_temperature: mixture logits are divided by it in the training likelihood.
     test_temperature, test_variance_exponent: logits / test_temperature and std ** exponent for `sample`.
-    coord_conv, image_pooling: ConvMaxPool image encoder options (pixels only).
+    coord_conv, image_pooling, image_channels, image_stem_stride: image encoder (nets.ImageEncoderFields).
     """
 
     num_components: int = 8
@@ -57,10 +56,9 @@ class MdnConfig:
     training_temperature: float = 1.0
     test_temperature: float = 1.0
     test_variance_exponent: float = 1.0
-    coord_conv: bool = True
-    image_pooling: Literal["spatial_softmax", "avg"] = "spatial_softmax"
 
     def validate(self) -> None:
+        self.validate_image()
         check_dense_config(self.width, self.depth, self.resnet, self.dropout)
         if self.num_components < 1:
             raise ConfigError(f"num_components must be >= 1, got {self.num_components}")
@@ -76,7 +74,7 @@ class _MdnNet(nn.Module):
     def __init__(self, spec: PolicySpec, cfg: MdnConfig) -> None:
         super().__init__()
         self.k, self.a = cfg.num_components, spec.action_dim
-        self.encoder = ObservationEncoder(spec.obs, spec.stats, cfg.coord_conv, cfg.image_pooling)
+        self.encoder = cfg.observation_encoder(spec)
         self.head = DenseNet(self.encoder.out_dim, self.k * (1 + 2 * self.a), cfg.width, cfg.depth, cfg.resnet,
                              cfg.dropout)
         self.scale = ActionScale(spec)

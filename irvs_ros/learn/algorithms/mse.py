@@ -8,7 +8,6 @@ for pixels). The exported graph unnormalizes, so its "action" output is in raw u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 
 from irvs_ros.learn.algorithms.base import Algorithm, ExportGraph, register
 from irvs_ros.learn.config_schema import ConfigError
-from irvs_ros.learn.nets import DenseNet, ObservationEncoder
+from irvs_ros.learn.nets import DenseNet, ImageEncoderFields
 from irvs_ros.runtime.spec import PolicySpec
 
 # ------------------------------------------------------------------------------------------------------
@@ -108,30 +107,30 @@ class ActionScale(nn.Module):
 
 
 @dataclass
-class MseConfig:
+class MseConfig(ImageEncoderFields):
     """Explicit MSE policy.
 
     width, depth: hidden dense layers (IBC "width x depth"); resnet: pre-activation residual blocks
         (depth must then be even).
     dropout: dropout rate after each hidden ReLU (IBC's MSE tables: 0.1).
-    coord_conv, image_pooling: ConvMaxPool image encoder options (pixels only; IBC pixels MSE: CoordConv on).
+    coord_conv, image_pooling, image_channels, image_stem_stride: image encoder (nets.ImageEncoderFields; pixels
+        only; IBC pixels MSE: CoordConv on).
     """
 
     width: int = 256
     depth: int = 4
     resnet: bool = False
     dropout: float = 0.1
-    coord_conv: bool = True
-    image_pooling: Literal["spatial_softmax", "avg"] = "spatial_softmax"
 
     def validate(self) -> None:
+        self.validate_image()
         check_dense_config(self.width, self.depth, self.resnet, self.dropout)
 
 
 class _MseActor(nn.Module):
     def __init__(self, spec: PolicySpec, cfg: MseConfig) -> None:
         super().__init__()
-        self.encoder = ObservationEncoder(spec.obs, spec.stats, cfg.coord_conv, cfg.image_pooling)
+        self.encoder = cfg.observation_encoder(spec)
         self.head = DenseNet(self.encoder.out_dim, spec.action_dim, cfg.width, cfg.depth, cfg.resnet, cfg.dropout)
         self.scale = ActionScale(spec)
 

@@ -1,0 +1,87 @@
+"""Training options for pixel policies: image-only observation from a dataset that also stores states, and the
+random-shift image augmentation (reproducible, edge-replicated, content actually moves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from irvs_ros.data.store import DatasetWriter
+from irvs_ros.learn.batches import image_only, random_shift
+from irvs_ros.learn.checkpoint import load_for_export
+from irvs_ros.learn.config_schema import ConfigError
+from irvs_ros.learn.export import export_policy
+from irvs_ros.learn.train_config import config_from_dict
+from irvs_ros.learn.trainer import train
+from irvs_ros.runtime.policy_file import load_policy
+from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec, SpecError
+
+H, W = 16, 20
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Images of a bright square whose column sets the action; the state (3,) is noise the policy must not need."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "pixels.h5"
+    with DatasetWriter(str(path), obs_spec=ObsSpec(3, (H, W, 3)).to_dict(), action_dim=1,
+                       meta={"action_limits": {"low": [-1.0], "high": [1.0]}}) as writer:
+        for _ in range(6):
+            cols = rng.integers(2, W - 6, size=8)
+            images = np.zeros((8, H, W, 3), np.uint8)
+            for i, c in enumerate(cols):
+                images[i, 6:10, c:c + 4] = 255
+            actions = ((cols - 2) / (W - 8) * 2 - 1).astype(np.float32)[:, None]
+            writer.add_episode(state=rng.normal(size=(8, 3)).astype(np.float32), image=images, action=actions,
+                               reward=np.ones(8, np.float32), success=True)
+    return path
+
+
+def test_image_observation_trains_a_policy_that_needs_no_state(dataset, tmp_path):
+    torch.set_num_threads(1)
+    cfg = config_from_dict({"dataset": str(dataset), "algorithm": "ebm_dfo", "observation": "image",
+                            "image_shift": 2, "steps": 6, "batch_size": 8, "log_every": 3, "checkpoint_every": 6,
+                            "params": {"width": 16, "depth": 2, "num_counter_examples": 4, "dfo_samples": 32,
+                                       "image_channels": [4, 8], "image_stem_stride": 2}})
+    result = train(cfg, tmp_path / "run")
+    algo, config, fingerprint = load_for_export(result.run_dir)
+    assert algo.spec.obs.state_dim == 0 and algo.spec.obs.image_shape == (H, W, 3)
+    assert config["observation"] == "image" and config["image_shift"] == 2
+    policy = load_policy(export_policy(algo, tmp_path / "p.onnx", train_config=config,
+                                       dataset_fingerprint=fingerprint))
+    action = policy.act({"image": np.zeros((2, H, W, 3), np.uint8)}, np.random.default_rng(0))
+    assert action.shape == (2, 1) and np.isfinite(action).all()
+
+
+def test_image_only_needs_images_and_drops_state_statistics():
+    stats = NormStats((1.0, 2.0), (1.0, 1.0), (-1.0,), (1.0,), -0.5, 0.5)
+    spec = PolicySpec(ObsSpec(2, (H, W, 3)), 1, stats, (-1.1,), (1.1,), 5.0)
+    only = image_only(spec)
+    assert only.obs.state_dim == 0 and only.stats.state_mean == () and only.stats.return_min == -0.5
+    assert only.action_low == spec.action_low
+    with pytest.raises(SpecError, match="needs a dataset with images"):
+        image_only(PolicySpec(ObsSpec(2), 1, stats, (-1.1,), (1.1,), 5.0))
+    with pytest.raises(ConfigError, match="image_shift"):
+        config_from_dict({"dataset": "d.h5", "algorithm": "mse", "image_shift": -1})
+    with pytest.raises(ConfigError, match="observation"):
+        config_from_dict({"dataset": "d.h5", "algorithm": "mse", "observation": "state"})
+
+
+def test_random_shift_moves_content_reproducibly_and_replicates_edges():
+    image = torch.zeros(64, H, W, 3, dtype=torch.uint8)
+    image[:, 6:10, 8:12] = 200
+    a = random_shift(image, 3, torch.Generator().manual_seed(5))
+    b = random_shift(image, 3, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == image.shape
+    centres = [tuple(torch.nonzero(x[..., 0]).float().mean(0).tolist()) for x in a]
+    assert len(set(centres)) > 10  # many different offsets
+    for x in a:  # the square keeps its size: only shifted, by at most 3 px per axis
+        rows, cols = torch.nonzero(x[..., 0], as_tuple=True)
+        assert rows.numel() == 16 and abs(rows.float().mean() - 7.5) <= 3 and abs(cols.float().mean() - 9.5) <= 3
+    edge = torch.arange(W, dtype=torch.uint8).repeat(1, H, 1)[..., None].expand(1, H, W, 3).contiguous()
+    shifted = random_shift(edge, 2, torch.Generator().manual_seed(0))
+    assert shifted.min() >= 0 and shifted.max() <= W - 1  # replicated borders add no new values
+    assert torch.equal(random_shift(image, 0, torch.Generator()), image)
