@@ -14,6 +14,10 @@ $(STAMP): requirements.txt setup.py
 	@ldconfig -p | grep -q libusb-1.0 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0; } || \
 	  { echo "install libusb-1.0-0 (sudo apt-get install libusb-1.0-0)"; exit 1; }
+	@# The teleop page test drives the system Chromium through Playwright (no browser download).
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	  { echo "install chromium (sudo apt-get install chromium)"; exit 1; }
 	$(PYTHON) -m venv $(if $(ROS_DISTRO),--system-site-packages) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -29,8 +33,9 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
+# The push_insert graph in simulation on models/push_insert.onnx; e.g. make demo DEMO_ARGS="--episodes 10".
 demo: $(STAMP)
-	$(VENV)/bin/irvs demo
+	$(VENV)/bin/irvs demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/irvs bench particle

@@ -10,7 +10,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "bench", "bench.*"]),
-    package_data={package_name: ["nodes/static/*"]},
+    package_data={package_name: ["nodes/static/*", "nodes/teleop_page/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -35,6 +35,7 @@ setup(
             "recorder_node = irvs_ros.nodes.recorder_node:main",
             "camera_node = irvs_ros.nodes.camera_node:main",
             "xarm_driver_node = irvs_ros.nodes.xarm_driver_node:main",
+            "teleop_node = irvs_ros.nodes.teleop_node:main",
         ],
     },
 )

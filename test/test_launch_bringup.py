@@ -1,10 +1,12 @@
 """Launch files and `irvs bringup` read one graph description and agree.
 
-Without ROS `launch` installed: each launch/*.launch.py is parsed with `ast` and imported with small stand-in
-`launch` / `launch_ros` modules that record what it builds; every executable it names is an installed console
-script of irvs_ros (or a pending one, which the launch refuses), every parameter file exists, and for every
-combination of argument choices the nodes it would start, their parameter files and their overrides equal what
-graph_description.resolve (the bring-up) gives. Then `irvs bringup push_insert --sim --model tiny.onnx` runs as a
+Each launch/*.launch.py is one call of nodes.launch_builder.generate_launch_description_for(<its graph>) (checked
+with `ast`); the builder imports only the Jazzy launch API and graph_description, which imports no launch.
+Without ROS `launch` installed: each launch file is imported with small stand-in `launch` / `launch_ros` modules
+that record what it builds; every executable it names is an installed console script of irvs_ros (or a pending
+one, which the launch refuses), every parameter file exists, and for every combination of argument choices the
+nodes it would start, their parameter files and their overrides equal what graph_description.resolve (the
+bring-up) gives. Then `irvs bringup push_insert --sim --model tiny.onnx` runs as a
 subprocess and a probe node sees real DDS traffic on /joint_states, /irvs/joint_command and /irvs/setpoint.
 """
 
@@ -25,9 +27,11 @@ from pathlib import Path
 import pytest
 
 from irvs_ros.nodes import graph_description as gd
+from irvs_ros.nodes import launch_builder
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DIR = ROOT / "launch"
+BUILDER = Path(launch_builder.__file__)
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 DOMAIN = 220 + os.getpid() % 13  # apart from the node tests' domains (10-99, 100-219)
 LAUNCH_API = {  # module -> names a Jazzy launch file may import from it (all exist in ROS 2 Jazzy)
@@ -131,17 +135,51 @@ def test_every_graph_has_a_launch_file():
     assert {p.name.removesuffix(".launch.py") for p in LAUNCH_FILES} == set(gd.GRAPHS)
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_file_uses_only_the_jazzy_launch_api(path):
-    tree = ast.parse(path.read_text(), filename=str(path))
-    imported, functions = {}, {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    for node in ast.walk(tree):
+def _imports(path: Path) -> dict[str, set[str]]:
+    """module -> names of every `from module import names` anywhere in the file (functions included)."""
+    imported: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom):
             imported.setdefault(node.module, set()).update(a.name for a in node.names)
-    assert "generate_launch_description" in functions
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                imported.setdefault(a.name, set())
+    return imported
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_is_the_builder_called_with_its_graph_name(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    assert ast.get_docstring(tree) and "ros2 launch irvs_ros " + path.name in ast.get_docstring(tree)
+    assert _imports(path) == {"irvs_ros.nodes.launch_builder": {"generate_launch_description_for"}}
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert [f.name for f in functions] == ["generate_launch_description"]
+    (body,) = functions[0].body
+    assert isinstance(body, ast.Return) and isinstance(body.value, ast.Call)
+    assert ast.unparse(body.value) == f"generate_launch_description_for({path.name.removesuffix('.launch.py')!r})"
+
+
+def test_builder_uses_only_the_jazzy_launch_api_and_the_description_none():
+    imported = _imports(BUILDER)
     assert imported.pop("irvs_ros.nodes", None) == {"graph_description"}, "the node list must come from the description"
+    imported.pop("__future__", None)
+    imported.pop("typing", None)
+    assert set(imported) == set(LAUNCH_API), f"launch_builder imports {sorted(imported)}"
     for module, names in imported.items():
-        assert names <= LAUNCH_API.get(module, set()), f"{path.name}: {module} {names} is not launch API used here"
+        assert names <= LAUNCH_API[module], f"launch_builder: {module} {names} is not launch API used here"
+    # graph_description is read where there is no ROS launch (bring-up, tests): it must not import it.
+    described = _imports(Path(gd.__file__))
+    assert not {m for m in described if m.split(".")[0] in ("launch", "launch_ros", "rclpy")}, sorted(described)
+
+
+def test_builder_imports_without_ros_launch_and_rejects_unknown_graphs(monkeypatch):
+    for name, mod in _fake_modules().items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    with pytest.raises(gd.GraphDescriptionError, match="unknown graph 'dance'"):
+        launch_builder.generate_launch_description_for("dance")
+    monkeypatch.setitem(sys.modules, "launch_ros.actions", None)  # as on a machine without launch_ros
+    with pytest.raises(ImportError, match="launch_ros"):
+        launch_builder.generate_launch_description_for("sim")
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
@@ -223,8 +261,11 @@ def test_bringup_refuses_pending_branches_and_bad_arguments():
     real = _run_bringup("push_insert", "--model", "p.onnx", "--dry-run")
     assert real.returncode == 0, real.stderr
     assert "xarm_driver_node" in real.stdout and "camera_node" in real.stdout and "sim_node" not in real.stdout
-    teleop = _run_bringup("teleop_record", "--sim")
-    assert teleop.returncode == 2 and "teleop_node" in teleop.stderr
+    # teleop_record is runnable now too (teleop_node is installed): a dry run lists its nodes.
+    teleop = _run_bringup("teleop_record", "--sim", "--dry-run")
+    assert teleop.returncode == 0, teleop.stderr
+    assert [line.split()[0].rsplit("/", 1)[-1] for line in teleop.stdout.strip().splitlines()] == [
+        "sim_node", "interpolator_node", "teleop_node", "recorder_node"]
     no_model = _run_bringup("push_insert", "--sim")
     assert no_model.returncode == 2 and "model:= is required" in no_model.stderr
     wrong = _run_bringup("sim", "--model", "p.onnx")

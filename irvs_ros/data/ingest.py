@@ -32,6 +32,7 @@ from irvs_ros.data.bags import (
     read_episode_info,
     read_messages,
 )
+from irvs_ros.data.images import crop_resize
 from irvs_ros.data.store import Dataset, DatasetWriter
 
 STATE_KEYS = ("effector_xy", "setpoint_xy")
@@ -40,30 +41,6 @@ DEFAULT_IMAGE_SIZE = (120, 90)  # (W, H): IBC's real-robot network input
 
 class IngestError(ValueError):
     """Bad ingest arguments, or no episode could be turned into training data."""
-
-
-def crop_resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre crop of `rgb` (H, W, 3) uint8 with aspect ratio width:height, resized to (height, width, 3) uint8.
-
-    The same mapping as the policy node's camera preprocessing (nodes.image_ops.crop_resize; a test keeps the
-    two equal): box average for integer factors, else nearest pixel centres.
-    """
-    a = np.asarray(rgb)
-    h, w = a.shape[:2]
-    if w * height > h * width:
-        ch, cw = h, int(round(h * width / height))
-    else:
-        ch, cw = int(round(w * height / width)), w
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = a[top: top + ch, left: left + cw]
-    if (ch, cw) == (height, width):
-        return np.ascontiguousarray(crop, dtype=np.uint8)
-    if ch % height == 0 and cw % width == 0:
-        fy, fx = ch // height, cw // width
-        return crop.reshape(height, fy, width, fx, 3).mean(axis=(1, 3)).round().astype(np.uint8)
-    rows = ((np.arange(height) + 0.5) * ch / height).astype(int)
-    cols = ((np.arange(width) + 0.5) * cw / width).astype(int)
-    return np.ascontiguousarray(crop[rows][:, cols], dtype=np.uint8)
 
 
 def image_rgb(msg: Any) -> np.ndarray:

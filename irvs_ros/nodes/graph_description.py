@@ -166,9 +166,7 @@ GRAPHS: dict[str, GraphDescription] = {
                          when=(("use_sim", "true"),)),
                *_real_robot_nodes(),
                NodeEntry("interpolator_node", "interpolator_node", ("interpolator_node.yaml",), from_args=(_SIM_TIME,)),
-               NodeEntry("teleop_node", "teleop_node", from_args=(_SIM_TIME,),
-                         pending="the teleop node (operator input -> /irvs/setpoint, episode services) is not written"
-                                 " yet"),
+               NodeEntry("teleop_node", "teleop_node", ("teleop_node.yaml",), from_args=(_SIM_TIME,)),
                NodeEntry("recorder_node", "recorder_node", ("recorder_node.yaml",),
                          from_args=(_SIM_TIME, ArgParam("task", "task", str), ArgParam("output", "output_dir", str))),
                ),

@@ -1,9 +1,5 @@
-"""sensor_msgs/Image <-> numpy, and the camera frame -> policy input crop and resize (numpy only).
-
-The policy input is the centre crop of the camera frame with the policy image's aspect ratio, resized to the
-policy's (H, W): box-averaged when the crop is an integer multiple of the target (the sim's training images are
-made that way: `sim.camera.Camera.render` renders the same crop at 2x and box-averages), else sampled at the
-nearest pixel centres.
+"""sensor_msgs/Image <-> numpy for the nodes; the camera frame -> policy input crop and resize is
+`data.images.crop_resize` (re-exported here with its `ImageError`), the one implementation ingest uses too.
 """
 
 from __future__ import annotations
@@ -12,9 +8,9 @@ import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from sensor_msgs.msg import Image
 
+from irvs_ros.data.images import ImageError, crop_resize
 
-class ImageError(ValueError):
-    """An image message or array that cannot be used (encoding, size, dtype)."""
+__all__ = ["ImageError", "crop_resize", "image_array", "image_msg"]
 
 
 def image_msg(rgb: np.ndarray, stamp: TimeMsg, frame_id: str) -> Image:
@@ -47,28 +43,3 @@ def image_array(msg: Image) -> np.ndarray:
     if msg.encoding.startswith("bgr"):
         a = a[:, :, ::-1]
     return np.ascontiguousarray(a)
-
-
-def crop_resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre crop of `rgb` (H, W, 3) with the aspect ratio width:height, resized to (height, width, 3) uint8."""
-    a = np.asarray(rgb)
-    if a.ndim != 3 or a.shape[2] != 3:
-        raise ImageError(f"expected an (H, W, 3) image, got shape {a.shape}")
-    if height < 1 or width < 1:
-        raise ImageError(f"target size must be >= 1, got {width}x{height}")
-    h, w = a.shape[:2]
-    # Largest centred crop with the target aspect ratio.
-    if w * height > h * width:
-        ch, cw = h, int(round(h * width / height))
-    else:
-        ch, cw = int(round(w * height / width)), w
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = a[top: top + ch, left: left + cw]
-    if (ch, cw) == (height, width):
-        return np.ascontiguousarray(crop, dtype=np.uint8)
-    if ch % height == 0 and cw % width == 0:
-        fy, fx = ch // height, cw // width
-        return crop.reshape(height, fy, width, fx, 3).mean(axis=(1, 3)).round().astype(np.uint8)
-    rows = ((np.arange(height) + 0.5) * ch / height).astype(int)
-    cols = ((np.arange(width) + 0.5) * cw / width).astype(int)
-    return np.ascontiguousarray(crop[rows][:, cols], dtype=np.uint8)

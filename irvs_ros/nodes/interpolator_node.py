@@ -8,13 +8,22 @@ joint names, rad) and `/irvs/ee_pose` (geometry_msgs/PoseStamped, FK of the comm
 The loop runs in its own thread with absolute deadlines (next += dt) on a `LoopClock`: wall time on the robot,
 the ROS clock (/clock) under use_sim_time. ROS callbacks only swap in the newest setpoint; the loop feeds it
 to `control.Interpolator` (envelope, interpolation, timeout -> decelerate and hold) and solves IK with
-`control.XArmIK`. Services: `~/hold` (stop where the command is until the next setpoint) and `~/resync`
-(restart from the measured /joint_states, e.g. after the sim or the arm was reset).
+`control.XArmIK`. Services: `~/hold` (stop where the command is until the next setpoint), `~/resync`
+(restart from the measured /joint_states, e.g. after the sim or the arm was reset) and `~/reset_statistics`
+(restart the loop timing and the overrun / skip / setpoint counters, e.g. at the start of a measurement).
+
+Loop health on /diagnostics: per diagnostics period the overruns and the lateness p99 / max; since the start (or
+the last `~/reset_statistics`) the tick period error, lateness and work time p50 / p99 / max (`nodes.loop_timing`),
+and the setpoints received, applied by a tick, superseded by a newer one before any tick took them (missed),
+rejected and clamped.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import os
+import sys
 import threading
 import time
 
@@ -38,6 +47,7 @@ from irvs_ros.nodes.common import (
     LoopClock,
     NodeConfigError,
     Param,
+    WallClock,
     declare_parameters,
     diagnostic_array,
     diagnostic_status,
@@ -49,6 +59,8 @@ from irvs_ros.nodes.common import (
     positive,
     run_node,
 )
+from irvs_ros.nodes.loop_timing import LoopTiming
+from irvs_ros.nodes.realtime import RealtimeError, freeze_gc, set_fifo, set_process_fifo
 
 NODE_NAME = "interpolator_node"
 ENVELOPE_KEYS = ("x_min", "x_max", "y_min", "y_max", "min_reach", "max_reach", "z", "max_setpoint_step", "max_speed",
@@ -67,6 +79,8 @@ PARAMS: dict[str, Param] = {
                            lambda v: None if v >= 1 else "an integer >= 1"),
     "diagnostics_period": Param(float, "seconds between /diagnostics messages", positive),
     "ik_iterations": Param(int, "IK iterations per solve", lambda v: None if v >= 1 else "an integer >= 1"),
+    "realtime_priority": Param(int, "SCHED_FIFO priority of the loop thread on the wall clock (0 = off)",
+                               lambda v: None if 0 <= v <= 99 else "an integer in [0, 99]"),
     **{f"envelope.{k}": Param(float, f"control.EnvelopeConfig.{k}", finite) for k in ENVELOPE_KEYS},
 }
 
@@ -79,7 +93,9 @@ def setpoint_xy(msg: PoseStamped) -> np.ndarray:
 class InterpolatorNode(Node):
     """The 100 Hz interpolator (see module docstring). `close()` stops the loop thread and frees the IK client."""
 
-    def __init__(self, **node_kwargs) -> None:
+    def __init__(self, own_process: bool = False, **node_kwargs) -> None:
+        """own_process: the node is its process's only one (the console script): with a realtime_priority on the
+        wall clock its other threads then run at SCHED_FIFO 1, and start-up objects are frozen out of the GC."""
         super().__init__(NODE_NAME, **node_kwargs)
         try:
             self.params = p = declare_parameters(self, NODE_NAME, PARAMS)
@@ -93,9 +109,20 @@ class InterpolatorNode(Node):
         self.dt = self.envelope.config.tick_period
         self.frame_id = p["frame_id"]
         self.clock: LoopClock = loop_clock(self)
+        self.realtime = "off"
+        self._own_process = own_process
+        if isinstance(self.clock, WallClock) and p["realtime_priority"] and own_process:
+            # Every thread of the process (the middleware's, and this main thread, which spins the executor and
+            # starts its workers: they inherit it) at SCHED_FIFO 1: message delivery and a callback holding the GIL
+            # are not preempted by ordinary processes (nodes.realtime); the loop thread raises itself above them.
+            try:
+                self.realtime = "process " + set_process_fifo(1)
+            except RealtimeError as e:
+                self.get_logger().warn(f"running without real-time scheduling: {e}")
         self._lock = threading.Lock()
         self._pending: np.ndarray | None = None
         self._hold_requested = False
+        self._reset_stats_requested = False
         self._resync_xy: np.ndarray | None = None
         self._joint_state: np.ndarray | None = None
         # Counters, written by the loop thread and read by the diagnostics timer (ints: atomic under the GIL).
@@ -103,6 +130,8 @@ class InterpolatorNode(Node):
         self.overruns = 0
         self.skipped_ticks = 0
         self.setpoints_received = 0
+        self.setpoints_applied = 0      # taken by a tick
+        self.setpoints_superseded = 0   # replaced by a newer one before any tick took it (never applied)
         self.setpoints_rejected = 0
         self.setpoints_clamped = 0
         self.foreign_frame = 0
@@ -110,6 +139,7 @@ class InterpolatorNode(Node):
         self.running = False
         self.error = ""
         self._lateness: collections.deque[float] = collections.deque(maxlen=1000)
+        self.timing = LoopTiming(self.dt)  # since the loop started: lateness, period error, work per tick
         self._diag_marks = (0, 0, 0)
         self.command_xy = np.full(2, np.nan)
         self.ik_error = 0.0
@@ -126,6 +156,7 @@ class InterpolatorNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/hold", self._on_hold, callback_group=services)
         self.create_service(Trigger, "~/resync", self._on_resync, callback_group=services)
+        self.create_service(Trigger, "~/reset_statistics", self._on_reset_statistics, callback_group=services)
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics, callback_group=services)
         self._thread = threading.Thread(target=self._run, name="interpolator-loop", daemon=True)
         self._thread.start()
@@ -139,8 +170,9 @@ class InterpolatorNode(Node):
             return
         xy = setpoint_xy(msg)
         with self._lock:
+            self.setpoints_superseded += self._pending is not None
             self._pending = xy
-        self.setpoints_received += 1
+            self.setpoints_received += 1
 
     def _on_joint_state(self, msg: JointState) -> None:
         by_name = dict(zip(msg.name, msg.position, strict=False))
@@ -172,6 +204,21 @@ class InterpolatorNode(Node):
         resp.success, resp.message = True, f"holding at the measured TCP position {np.round(xy, 4).tolist()}"
         return resp
 
+    def _on_reset_statistics(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            self._reset_stats_requested = True
+            self.setpoints_received = self.setpoints_superseded = 0
+        resp.success, resp.message = True, "loop timing, overrun, skip and setpoint counters restart at the next tick"
+        return resp
+
+    def _reset_statistics(self) -> None:
+        """In the loop thread (the only writer of these counters): restart the statistics of a measurement."""
+        self.timing = LoopTiming(self.dt)
+        self.overruns = self.skipped_ticks = self.setpoints_applied = self.setpoints_rejected = 0
+        self.setpoints_clamped = 0
+        self._lateness.clear()
+        self._diag_marks = (self.ticks, 0, 0)
+
     # ------------------------------------------------------------------ the loop
     def _measured_xy(self) -> np.ndarray | None:
         with self._lock:
@@ -202,8 +249,24 @@ class InterpolatorNode(Node):
         finally:
             self.running = False
 
+    def _realtime_loop(self) -> None:
+        """In the loop thread: SCHED_FIFO at realtime_priority on the wall clock (if permitted) and, in the node's own
+        process, the objects of start-up frozen out of the garbage collector's full collections (they would hold
+        the GIL for milliseconds; in a shared process such as a test that is not this node's decision)."""
+        priority = self.params["realtime_priority"]
+        if isinstance(self.clock, WallClock) and priority:
+            try:
+                loop = "loop " + set_fifo(priority)
+                self.realtime = loop if self.realtime == "off" else f"{loop}, {self.realtime}"
+            except RealtimeError as e:
+                self.get_logger().warn(f"control loop without real-time scheduling: {e}")
+                self.realtime = f"off ({e})"
+        if self._own_process:
+            freeze_gc()
+
     def _loop(self) -> None:
         clock, dt = self.clock, self.dt
+        self._realtime_loop()
         while not clock.stopped and not clock.ready():
             time.sleep(0.005)
         start = self._start_xy()
@@ -226,6 +289,7 @@ class InterpolatorNode(Node):
                 self.skipped_ticks += int(lag / dt)
                 next_t = now
                 lag = 0.0
+                self.timing.skip()
             self._lateness.append(lag)
             # Commands are computed and stamped for their deadline: a uniform time base whatever the wake-up jitter.
             t = next_t
@@ -233,12 +297,16 @@ class InterpolatorNode(Node):
                 sp, self._pending = self._pending, None
                 hold, self._hold_requested = self._hold_requested, False
                 resync, self._resync_xy = self._resync_xy, None
+                reset_stats, self._reset_stats_requested = self._reset_stats_requested, False
+            if reset_stats:
+                self._reset_statistics()
             if resync is not None:
                 self._ik.reset()
                 interp.reset(resync, t)
             if hold:
                 interp.hold()
             if sp is not None:
+                self.setpoints_applied += 1
                 res = interp.set_setpoint(sp, t)
                 if not res.accepted:
                     self.setpoints_rejected += 1
@@ -253,7 +321,9 @@ class InterpolatorNode(Node):
             self.command_xy = cmd
             self._publish(q, pos, quat, clock.stamp(t))
             self.ticks += 1
-            if clock.now() > next_t + dt:
+            done = clock.now()
+            self.timing.tick(next_t, now, done)
+            if done > next_t + dt:
                 self.overruns += 1  # this tick's work ran past the next deadline
 
     def _publish(self, q: np.ndarray, pos: np.ndarray, quat: np.ndarray, stamp) -> None:
@@ -292,11 +362,13 @@ class InterpolatorNode(Node):
             "ticks": ticks, "ticks_in_period": d_ticks, "overruns": overruns, "overruns_in_period": d_over,
             "skipped_ticks": self.skipped_ticks, "lateness_p99_ms": percentile_ms(late, 99),
             "lateness_max_ms": max(late) * 1e3 if late else float("nan"),
-            "setpoints_received": self.setpoints_received, "setpoints_rejected": rejected,
+            "setpoints_received": self.setpoints_received, "setpoints_applied": self.setpoints_applied,
+            "setpoints_superseded": self.setpoints_superseded, "setpoints_rejected": rejected,
             "setpoints_clamped": self.setpoints_clamped, "setpoints_foreign_frame": self.foreign_frame,
             "timed_out": self.timed_out, "command_x": float(self.command_xy[0]),
             "command_y": float(self.command_xy[1]), "ik_error_mm": self.ik_error * 1e3,
-            "clock": type(self.clock).__name__,
+            "clock": type(self.clock).__name__, "realtime": self.realtime,
+            **self.timing.summary(),
         }
         status = diagnostic_status(f"{self.get_name()}: control loop", level, message, values, "xarm6")
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [status]))
@@ -312,7 +384,14 @@ class InterpolatorNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(InterpolatorNode, args)
+    # The loop thread must get the GIL promptly when it wakes: a short switch interval bounds how long another
+    # thread of this process can keep it (the default, 5 ms, is half a tick).
+    sys.setswitchinterval(2e-4)
+    # Fast DDS publishes synchronously by default: publish() then delivers to every reader in the calling thread
+    # and blocked the loop for up to 25 ms when a subscriber process was starved of CPU (bench/interpolator_jitter).
+    # Asynchronous mode hands the samples to the middleware's sender thread. Set before rclpy starts the middleware.
+    os.environ.setdefault("RMW_FASTRTPS_PUBLICATION_MODE", "ASYNCHRONOUS")
+    return run_node(functools.partial(InterpolatorNode, own_process=True), args)
 
 
 if __name__ == "__main__":
