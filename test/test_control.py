@@ -154,3 +154,38 @@ def test_envelope_config_validation():
         EnvelopeConfig(max_speed=0.0)
     with pytest.raises(EnvelopeError):
         Envelope().clamp(np.array([np.nan, 0.0]))
+
+
+def test_analytic_and_pybullet_ik_agree_on_the_workspace():
+    """The closed-form solver gives PyBullet's joints (same elbow branch) and hits the URDF chain's FK within 1 mm
+    (in fact within a few micrometres: the URDF's rpy of 1.5708 is not exactly pi/2)."""
+    env = Envelope()
+    rng = np.random.default_rng(11)
+    points = [env.clamp(rng.uniform([0.1, -0.6], [0.75, 0.6])) for _ in range(60)]
+    with XArmIK(method="analytic") as fast, XArmIK(method="pybullet") as slow:
+        for xy in points:
+            fast.reset()
+            slow.reset()
+            qa, qb = fast.solve(xy), slow.solve(xy)
+            assert np.abs(qa - qb).max() < 1e-3, f"solvers disagree at {xy}: {qa} vs {qb}"
+            assert np.linalg.norm(fast.fk(qa) - [xy[0], xy[1], 0.06]) < 1e-5
+            assert np.all(qa >= fast.lower) and np.all(qa <= fast.upper)
+        assert fast.fallbacks == 0
+
+
+def test_analytic_ik_keeps_free_joints_continuous_and_falls_back_out_of_reach():
+    with XArmIK() as ik:
+        q = ik.solve(np.array([0.4, 0.1]))
+        # Seeded with the same pose turned by 2 pi on joints 1 and 6: the solution follows the seed, no full turn.
+        seed = q + np.array([2 * np.pi, 0, 0, 0, 0, -2 * np.pi])
+        seed[0] -= 4 * np.pi   # q1 - 2 pi, inside +-2 pi
+        q2 = ik.solve(np.array([0.41, 0.1]), q_seed=seed)
+        assert abs(q2[0] - seed[0]) < 0.1 and abs(q2[5] - seed[5]) < 0.1
+        # Out of reach (2 m away): no closed-form solution; the numerical solver answers as best it can.
+        before = ik.fallbacks
+        ik.reset()
+        q3 = ik.solve(np.array([2.0, 0.0]))
+        assert ik.fallbacks == before + 1 and ik.last_error > 0.5
+        assert np.all(q3 >= ik.lower) and np.all(q3 <= ik.upper)
+    with pytest.raises(ValueError, match="unknown IK method"):
+        XArmIK(method="newton")

@@ -80,3 +80,48 @@ def test_env_success_geometry_through_the_simulator():
         assert env.evaluate()[1] == 0.0
     finally:
         env.close()
+
+
+def _obs(effector, setpoint, block, block_yaw, goal, goal_yaw):
+    return {"state": np.array([*effector, *setpoint, *block, block_yaw, *goal, goal_yaw], dtype=np.float32)}
+
+
+def test_insert_oracle_moves_around_the_fixture_not_through_it():
+    from irvs_ros.sim.push_oracle import _segment_hits_box
+
+    oracle = InsertOracle()
+    fixture, axis, normal = np.array([0.4, 0.2]), np.array([0.0, 1.0]), np.array([-1.0, 0.0])
+    oracle.phase = "move_to_pre_block"
+    ee = fixture - 0.1 * axis           # in front of the mouth
+    goal = fixture + 0.1 * axis         # behind the fixture: the straight line crosses it
+    delta = oracle._around_fixture(ee, goal - ee, fixture, axis, normal)
+    u0, u1, vh = oracle.keep_out
+    end = ee + delta - fixture
+    assert not _segment_hits_box((-0.1, 0.0), (float(end @ axis), float(end @ normal)), u0, u1, vh)
+    assert abs(float(end @ normal)) > vh   # to a corner beside the fixture
+    # A push is never redirected, nor a move that clears the box.
+    oracle.phase = "push_block"
+    np.testing.assert_array_equal(oracle._around_fixture(ee, goal - ee, fixture, axis, normal), goal - ee)
+    oracle.phase = "move_to_pre_block"
+    side = fixture + np.array([0.2, 0.0])
+    np.testing.assert_array_equal(oracle._around_fixture(ee, side - ee, fixture, axis, normal), side - ee)
+
+
+def test_insert_oracle_brings_the_setpoint_back_to_a_stuck_tool():
+    oracle = InsertOracle()
+    oracle.phase = "push_block"
+    # The measured effector lags the setpoint by 3 cm (the tool is stuck on something).
+    a = oracle(_obs([0.40, 0.10], [0.40, 0.13], [0.4, 0.16], 0.0, [0.4, 0.3], math.pi / 2))
+    assert oracle.phase == "move_to_pre_block"
+    assert a[1] < 0 and abs(a[0]) < 1e-6 and np.linalg.norm(a) <= oracle.v_approach * oracle.period + 1e-6
+
+
+def test_push_oracle_starts_over_when_the_block_is_no_longer_ahead_of_the_tool():
+    oracle = PushOracle()
+    oracle.phase = "push_block"
+    # The target is now behind the block as seen from the tool: pushing on would push the block away from it.
+    oracle(_obs([0.4, 0.0], [0.4, 0.0], [0.4, 0.03], 0.0, [0.4, -0.2], 0.0))
+    assert oracle.phase == "move_to_pre_block"
+    oracle.phase = "push_block"
+    oracle(_obs([0.4, 0.0], [0.4, 0.0], [0.4, 0.03], 0.0, [0.4, 0.3], 0.0))
+    assert oracle.phase == "push_block"

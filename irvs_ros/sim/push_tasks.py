@@ -79,6 +79,9 @@ class TaskConfig:
     max_delta: float = 0.1
     max_steps_push: int = 80
     max_steps_insert: int = 150
+    # Camera draws table and goal once per episode and skips links out of view (sim/camera.py); the images are
+    # the same either way (False: every body every frame, as before).
+    camera_layers: bool = True
 
 
 # ---------------------------------------------------------------------- geometry
@@ -116,6 +119,9 @@ def _area(poly: np.ndarray) -> float:
 def inserted_fraction(block_xy: np.ndarray, block_yaw: float, fixture_xy: np.ndarray, fixture_yaw: float,
                       block_size: float, pocket_width: float, pocket_depth: float) -> float:
     """Fraction (0..1) of the block's square footprint that lies inside the fixture's pocket rectangle."""
+    dx, dy = float(block_xy[0]) - float(fixture_xy[0]), float(block_xy[1]) - float(fixture_xy[1])
+    if math.hypot(dx, dy) > (block_size + math.hypot(pocket_width, pocket_depth)) * 0.7072:
+        return 0.0   # circumscribed circles (radius < 0.7072 x side) apart: no overlap; most steps end here
     c, s = math.cos(fixture_yaw), math.sin(fixture_yaw)
     corners = _square(block_xy, block_yaw, block_size) - np.asarray(fixture_xy, dtype=np.float64)
     local = corners @ np.array([[c, -s], [s, c]])   # world -> fixture frame
@@ -185,13 +191,20 @@ class PushTaskEnv(gym.Env):
 
     def _make_target_zone(self) -> int:
         cid = self.cell.client
-        vis = p.createVisualShape(p.GEOM_BOX, halfExtents=[0.03, 0.03, 0.0005], rgbaColor=[0.1, 0.75, 0.2, 1],
-                                  physicsClientId=cid)
+        vis = self.cell.shapes("target_zone", lambda c: p.createVisualShape(
+            p.GEOM_BOX, halfExtents=[0.03, 0.03, 0.0005], rgbaColor=[0.1, 0.75, 0.2, 1], physicsClientId=c))
         return p.createMultiBody(0, -1, vis, [0.4, 0.2, 0.0005], physicsClientId=cid)
 
     def _make_fixture(self) -> int:
         """Static U-shaped fixture: two side walls, a back wall and two lead-in guides (frame at pocket centre)."""
-        f, cid = self.cfg.fixture, self.cell.client
+        cid = self.cell.client
+        col, vis = self.cell.shapes("fixture", self._fixture_shapes)
+        body = p.createMultiBody(0, col, vis, [0.4, 0.2, 0.0], physicsClientId=cid)
+        p.changeDynamics(body, -1, lateralFriction=0.3, physicsClientId=cid)
+        return body
+
+    def _fixture_shapes(self, cid: int) -> tuple[int, int]:
+        f = self.cfg.fixture
         w = d = self.pocket
         t, hz = f.wall_thickness, f.wall_height / 2
         boxes = [  # (centre x, centre y, half x, half y, yaw); side walls span x in [-d/2, d/2 + t]
@@ -217,9 +230,7 @@ class PushTaskEnv(gym.Env):
         vis = p.createVisualShapeArray(kinds, halfExtents=half, visualFramePositions=pos,
                                        visualFrameOrientations=orn, rgbaColors=[[0.08, 0.08, 0.08, 1]] * len(boxes),
                                        physicsClientId=cid)
-        body = p.createMultiBody(0, col, vis, [0.4, 0.2, 0.0], physicsClientId=cid)
-        p.changeDynamics(body, -1, lateralFriction=0.3, physicsClientId=cid)
-        return body
+        return col, vis
 
     def _ensure_camera(self) -> None:
         if self.camera is None:
@@ -227,6 +238,14 @@ class PushTaskEnv(gym.Env):
 
             self.camera = Camera.from_config(client=self.cell.client, output_size=self.image_size,
                                              perturb=self._camera_perturbation)
+            self._set_static_layer()
+
+    def _set_static_layer(self) -> None:
+        # Table and goal stay put for the whole episode: the camera draws them once per episode (camera.py).
+        # Not the arm's base: it touches link 1, and where their surfaces meet at equal depth the composite
+        # could pick the other one than a single render does.
+        static = [self.cell.table] + ([self.goal_body] if self.goal_body >= 0 else [])
+        self.camera.set_static(static if self.cfg.camera_layers else [])
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
@@ -250,9 +269,10 @@ class PushTaskEnv(gym.Env):
                                           physicsClientId=self.cell.client)
         if self.camera is not None:
             self.camera.resample(rng)
+            self._set_static_layer()
         self._steps = 0
-        obs = self._obs()
-        return obs, self._info(obs, rejected=False)
+        obs, block, sd = self._observe()
+        return obs, self._info(block, sd, rejected=False)
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -263,8 +283,8 @@ class PushTaskEnv(gym.Env):
         target = self.cell.setpoint + (np.clip(a, -d, d) if not rejected else np.full(2, np.nan))
         self.cell.step(target)
         self._steps += 1
-        obs = self._obs()
-        info = self._info(obs, rejected=rejected)
+        obs, block, sd = self._observe()
+        info = self._info(block, sd, rejected=rejected)
         reward = info["reward_level"]
         terminated = bool(info["success"])
         truncated = self._steps >= self.max_steps and not terminated
@@ -281,21 +301,27 @@ class PushTaskEnv(gym.Env):
 
     # ------------------------------------------------------------------ observations
     def state_dict(self) -> dict[str, np.ndarray]:
-        block = self.cell.block_pose()
+        return self._state_dict(self.cell.block_pose())
+
+    def _state_dict(self, block: np.ndarray) -> dict[str, np.ndarray]:
         return {"effector_xy": self.cell.effector_xyz()[:2], "setpoint_xy": self.cell.setpoint,
                 "block_xy": block[:2], "block_yaw": block[2:3], "goal_xy": self.goal_xy.copy(),
                 "goal_yaw": np.array([self.goal_yaw])}
 
-    def _obs(self) -> dict[str, np.ndarray]:
-        sd = self.state_dict()
+    def _observe(self) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """Observation, block pose (3,) and state dict, from one read of the simulator's state."""
+        block = self.cell.block_pose()
+        sd = self._state_dict(block)
         obs = {"state": np.concatenate([sd[k] for k, _ in STATE_KEYS]).astype(np.float32)}
         if self.image_enabled:
             obs["image"] = self.camera.render()
-        return obs
+        return obs, block, sd
 
     def evaluate(self) -> tuple[bool, float, dict[str, float]]:
         """(success, reward level, details) for the current world state."""
-        block = self.cell.block_pose()
+        return self._evaluate(self.cell.block_pose())
+
+    def _evaluate(self, block: np.ndarray) -> tuple[bool, float, dict[str, float]]:
         if self.task == "push":
             dist = float(np.linalg.norm(block[:2] - self.goal_xy))
             ok = dist < self.cfg.success_distance
@@ -306,10 +332,10 @@ class PushTaskEnv(gym.Env):
         return level >= 1.0, level, {"inserted_fraction": frac,
                                      "goal_distance": float(np.linalg.norm(block[:2] - self.goal_xy))}
 
-    def _info(self, obs: dict, rejected: bool) -> dict[str, Any]:
-        ok, level, details = self.evaluate()
+    def _info(self, block: np.ndarray, state_dict: dict[str, np.ndarray], rejected: bool) -> dict[str, Any]:
+        ok, level, details = self._evaluate(block)
         return {"success": ok, "reward_level": level, "rejected": rejected, "steps": self._steps,
-                "state_dict": self.state_dict(), **details}
+                "state_dict": state_dict, **details}
 
 
 class PushEnv(PushTaskEnv):
