@@ -15,9 +15,10 @@ COMMANDS: dict[str, str] = {
     "demos": "generate oracle demonstrations into a dataset store",
     "train": "train a policy from a YAML config (with key=value overrides)",
     "export": "export a trained checkpoint to one ONNX policy file",
+    "quantize": "convert a policy file to int8 (AMX / VNNI CPUs) or fp16 (GPU), keeping its metadata",
     "eval": "run a policy file (or the oracle) for N seeded episodes and report the success rate",
     "bench": "run a benchmark and write its results file",
-    "demo": "the main job: build, train, export and evaluate a policy end to end",
+    "demo": "the main job: the push_insert graph in simulation on the shipped policy (--particle: particle demo)",
     "ingest": "turn recorded episode bags (MCAP) into a training dataset",
     "bringup": "start a ROS graph (sim, push_insert, teleop_record) without ros2 launch: the launch files' nodes "
                "and parameters",

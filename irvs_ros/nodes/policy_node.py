@@ -11,6 +11,11 @@ workspace limits (`control.Envelope.apply_delta`). The first previous setpoint i
 `/diagnostics` (1 Hz): decision latency (compute: image taken -> setpoint published; and image received ->
 setpoint published) p50 / p99 / last in ms, the chosen action's energy, the predicted return, decisions,
 holds for stale images, onnxruntime providers. Never imports torch.
+
+`~/enable` (std_srvs/SetBool), for episodes run by a driver (nodes.episode_runner): false stops deciding (it
+answers after a decision in progress); true starts a new episode: the previous setpoint, image and effector pose
+are forgotten (only messages stamped from now on count), the argmin sampling is reseeded from `seed`, and the
+decision timer restarts, so decisions fall at now + k * period.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_srvs.srv import SetBool
 
 from irvs_ros.control.envelope import Envelope, EnvelopeConfig, EnvelopeError
 from irvs_ros.nodes.common import (
@@ -41,6 +47,7 @@ from irvs_ros.nodes.common import (
     diagnostic_status,
     finite,
     node_now,
+    non_negative,
     one_of,
     pair,
     percentile_ms,
@@ -61,6 +68,8 @@ PARAMS: dict[str, Param] = {
     "model": Param(str, "path to a policy .onnx file", lambda v: None if v.strip() else "a path to a policy file"),
     "eta_inv": Param(float, "IRvS tilt toward high return; < 0 uses the file's value", finite),
     "providers": Param(str, "onnxruntime providers", one_of("auto", "cpu", "cuda")),
+    "threads": Param(int, "onnxruntime intra-op threads of the policy; 0 = one per core", non_negative),
+    "spinning": Param(bool, "idle onnxruntime threads busy-wait for work (lower latency, burns the cores)"),
     "period": Param(float, "decision period (s, node clock)", positive),
     "max_image_age": Param(float, "newest image older than this (s) -> hold", positive),
     "seed": Param(int, "seed of the argmin's sampling"),
@@ -92,7 +101,8 @@ class PolicyNode(Node):
             self.params = p = declare_parameters(self, NODE_NAME, PARAMS)
             self.envelope = Envelope(EnvelopeConfig(**{k: p[f"envelope.{k}"] for k in ENVELOPE_KEYS}))
             eta = None if p["eta_inv"] < 0 else p["eta_inv"]
-            self.policy = load_policy(p["model"], eta_inv=eta, providers=_providers(p["providers"]))
+            self.policy = load_policy(p["model"], eta_inv=eta, providers=_providers(p["providers"]),
+                                      threads=p["threads"], spinning=p["spinning"])
             obs = self.policy.spec.obs
             if obs.image_shape is None:
                 raise NodeConfigError(f"{NODE_NAME}: {p['model']} is a state-only policy; policy_node acts on images")
@@ -117,6 +127,8 @@ class PolicyNode(Node):
         self.last_return = float("nan")
         self._compute = collections.deque(maxlen=100)
         self._end_to_end = collections.deque(maxlen=100)
+        self._enabled = True
+        self._episode_start = -math.inf  # node clock (s): older images and poses belong to a previous episode
 
         self.create_subscription(Image, p["image_topic"], self._on_image, SENSOR_QOS,
                                  callback_group=MutuallyExclusiveCallbackGroup())
@@ -124,7 +136,8 @@ class PolicyNode(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self._pub = self.create_publisher(PoseStamped, p["setpoint_topic"], COMMAND_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(p["period"], self._decide)
+        self._timer = self.create_timer(p["period"], self._decide)
+        self.create_service(SetBool, "~/enable", self._on_enable)  # default group: never during a decision
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.get_logger().info(f"loaded {self.policy!r}")
 
@@ -140,17 +153,43 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ inputs: keep the newest
     def _on_image(self, msg: Image) -> None:
+        if to_sec(msg.header.stamp) < self._episode_start:
+            return
         with self._lock:
             self._image = (msg, time.monotonic())
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
+        if to_sec(msg.header.stamp) < self._episode_start:
+            return
         xy = np.array([msg.pose.position.x, msg.pose.position.y])
         if np.all(np.isfinite(xy)):
             with self._lock:
                 self._ee_xy = xy
 
     # ------------------------------------------------------------------ the decision
+    def _on_enable(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
+        if req.data:
+            seed = self.get_parameter("seed").value
+            if not isinstance(seed, int) or seed < 0:
+                resp.success, resp.message = False, f"parameter 'seed' must be an int >= 0, got {seed!r}"
+                return resp
+            now = node_now(self)
+            with self._lock:
+                self._image, self._ee_xy = None, None
+            self.setpoint = None
+            self.rng = np.random.default_rng(seed)
+            self._episode_start = now
+            self._timer.reset()
+            resp.message = f"new episode from t={now:.9f} s (argmin seed {seed})"
+        else:
+            resp.message = "disabled: no decisions until enabled"
+        self._enabled = bool(req.data)
+        resp.success = True
+        return resp
+
     def _decide(self) -> None:
+        if not self._enabled:
+            return
         now = node_now(self)
         with self._lock:
             latest, ee_xy = self._image, self._ee_xy
@@ -227,6 +266,7 @@ class PolicyNode(Node):
             "energy": self.last_energy, "predicted_return": self.last_return,
             "eta_inv": self.policy.eta_inv, "algorithm": self.policy.algorithm,
             "argmin": self.policy.argmin.get("method", ""), "providers": ",".join(self.policy.providers),
+            "precision": self.policy.precision,
         }
         if self.setpoint is not None:
             values["setpoint_x"], values["setpoint_y"] = float(self.setpoint[0]), float(self.setpoint[1])

@@ -7,6 +7,8 @@ Explicit policies (argmin method "none") run the graph once per decision. Implic
 for the observation encoding "feat", then hand energy callables built on further runs with "feat_in" and
 "candidates" to the argmin in `irvs_ros.runtime.argmin` (the same code the trainer's torch `predict`
 uses), apply the IRvS tilt -eta_inv * G for files with a return column, and unnormalize the chosen action.
+Each of those runs goes to a session over the subgraph its outputs need (`runtime.subgraph`), so an energy
+evaluation never re-runs the image encoder. Files converted by `runtime.precision` (int8 / fp16) load the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import onnxruntime as ort
 
 from irvs_ros.runtime import argmin as am
 from irvs_ros.runtime.spec import ObsSpec, PolicySpec, SpecError
+from irvs_ros.runtime.subgraph import SubgraphError, prune_to_outputs
 
 FORMAT_VERSION = 1
 """Version of the policy-file layout this runtime reads and `export_policy` writes."""
@@ -37,6 +40,9 @@ ARGMIN_METHODS = ("none", "dfo", "adfo", "langevin")
 # Outputs each argmin method needs from the graph besides the observation inputs (base.py conventions).
 _METHOD_OUTPUTS = {"none": ("action",), "dfo": ("feat", "energy"), "adfo": ("feat", "energy_ar"),
                    "langevin": ("feat", "energy", "energy_grad")}
+# Output groups an implicit method runs separately, each on its own subgraph session.
+_METHOD_PARTS = {"dfo": (("feat",), ("energy",)), "adfo": (("feat",), ("energy_ar",)),
+                 "langevin": (("feat",), ("energy", "energy_grad"))}
 # argmin keys that describe the graph rather than tune the optimizer: overrides may not change them.
 _STRUCTURAL_KEYS = ("method", "variable_dim", "has_return", "low", "high")
 
@@ -135,17 +141,23 @@ class Policy:
     argmin: {"method", "variable_dim", "has_return", "eta_inv", ...optimizer parameters} in use.
     metadata: the file's irvs.* metadata, prefix stripped, as stored (strings).
     providers: onnxruntime execution providers of the session, in priority order.
+    precision: "fp32", or the precision `runtime.precision.convert_policy` gave the file ("int8", "fp16").
     """
 
     def __init__(self, session: ort.InferenceSession, spec: PolicySpec, algorithm: str, argmin: dict,
-                 metadata: dict[str, str], path: Path) -> None:
+                 metadata: dict[str, str], path: Path,
+                 parts: dict[tuple[str, ...], ort.InferenceSession] | None = None) -> None:
         self._session = session
+        # Sessions over subgraphs, keyed by the outputs they compute; runs fall back to the whole graph.
+        self._parts = dict(parts or {})
+        self._part_inputs = {k: {i.name for i in s.get_inputs()} for k, s in self._parts.items()}
         self.spec = spec
         self.algorithm = algorithm
         self.argmin = argmin
         self.metadata = metadata
         self.path = path
         self.providers: list[str] = list(session.get_providers())
+        self.precision: str = metadata.get("precision", "fp32")
         self._inputs = {i.name: _Io(i.name, list(i.shape), i.type) for i in session.get_inputs()}
         self._method: str = argmin["method"]
         self._has_return = bool(argmin.get("has_return", False))
@@ -202,11 +214,11 @@ class Policy:
             raise PolicyFileError(f"argmin over the policy's energy failed ({self.path.name}): {e}") from e
         x = result.x
         action = self._finite_action(self.spec.stats.unnormalize_action(x[:, : self.spec.action_dim]))
-        # The untilted energy E(obs, x) of the chosen candidate, one cheap extra run.
-        if self._method == "adfo":
-            energy = self._energy_ar_fn(feat)(x[:, None, :])[:, 0, -1]
-        else:
-            energy = self._energy_fn(feat)(x[:, None, :])[:, 0]
+        # The untilted energy E(obs, x) of the chosen candidate: the optimizer scored it with the tilted energy
+        # E - eta_inv * G (adfo: its last column), so adding the tilt back needs no further graph run.
+        energy = result.energy.astype(np.float32)
+        if self._has_return and self._eta_inv != 0:
+            energy = energy + np.float32(self._eta_inv) * x[:, -1]
         g = self.spec.stats.unnormalize_return(x[:, -1]) if self._has_return else None
         return action, {"energy": energy.astype(np.float32), "return": g}
 
@@ -239,6 +251,15 @@ class Policy:
     # -- graph runs ---------------------------------------------------------------------------------
 
     def _run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        part = self._part_for(outputs)
+        if part is not None:
+            names = self._part_inputs[part]
+            try:
+                values = self._parts[part].run(list(part), {k: v for k, v in feed.items() if k in names})
+            except Exception as e:
+                raise PolicyFileError(f"running {self.path.name} for {outputs} failed: {e}") from e
+            by_name = dict(zip(part, values, strict=True))
+            return [by_name[o] for o in outputs]
         for name in self._inputs:
             if name not in feed:
                 feed[name] = self._dummy(name)
@@ -253,6 +274,12 @@ class Policy:
                 except Exception as e2:
                     raise PolicyFileError(f"running {self.path.name} for {outputs} failed: {e2}") from e2
             raise PolicyFileError(f"running {self.path.name} for {outputs} failed: {e}") from e
+
+    def _part_for(self, outputs: list[str]) -> tuple[str, ...] | None:
+        for key in self._parts:
+            if set(outputs) <= set(key):
+                return key
+        return None
 
     def _dummy(self, name: str) -> np.ndarray:
         io = self._inputs[name]
@@ -346,8 +373,30 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return _metadata(_open_session(Path(path), ["CPUExecutionProvider"]))
 
 
+def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptions:
+    """onnxruntime session options of a policy: all graph optimizations, sequential execution.
+
+    threads: intra-op threads; 0 = onnxruntime's default (one per physical core).
+    spinning: whether idle intra-op threads busy-wait for work (lower latency when cores are free; set False when
+        other processes need the cores between decisions).
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise PolicyFileError(f"threads must be an int >= 0 (0 = onnxruntime's default), got {threads!r}")
+    options = ort.SessionOptions()
+    # Fatal only: failures surface as exceptions with their message, provider fallbacks through `providers`,
+    # and the one expected failure (a graph that rejects empty dummy inputs, see Policy._run) stays quiet.
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 def load_policy(path: str | os.PathLike, *, eta_inv: float | None = None, argmin_overrides: dict | None = None,
-                expected_obs: ObsSpec | None = None, providers: list[str] | None = None) -> Policy:
+                expected_obs: ObsSpec | None = None, providers: list[str] | None = None, threads: int = 0,
+                spinning: bool = True) -> Policy:
     """Open and check a policy file.
 
     eta_inv: tilt toward high return; None uses the file's irvs.eta_inv (only files with a return column
@@ -356,10 +405,13 @@ def load_policy(path: str | os.PathLike, *, eta_inv: float | None = None, argmin
         that describe the graph ("method", "variable_dim", "has_return", "low", "high") are refused.
     expected_obs: the observation layout the caller will feed; a different one in the file is a SpecError.
     providers: onnxruntime execution providers; None = CUDA when available, else CPU.
+    threads, spinning: CPU threading of the sessions, see `session_options` (defaults: onnxruntime's).
     Raises PolicyFileError for a missing, corrupt, foreign or inconsistent file.
     """
     path = Path(path)
-    session = _open_session(path, providers or default_providers())
+    options = session_options(threads, spinning)
+    providers = providers or default_providers()
+    session = _open_session(path, providers, options)
     meta = _metadata(session)
     missing = [PREFIX + k for k in METADATA_KEYS if k not in meta]
     if "format_version" not in meta:
@@ -398,10 +450,31 @@ def load_policy(path: str | os.PathLike, *, eta_inv: float | None = None, argmin
     if expected_obs is not None and expected_obs != spec.obs:
         raise SpecError(f"{path.name} was trained on observations {spec.obs.to_dict()}, but the caller feeds "
                         f"{expected_obs.to_dict()}: {_obs_diff(spec.obs, expected_obs)}")
-    return Policy(session, spec, meta["algorithm"], argmin, meta, path)
+    return Policy(session, spec, meta["algorithm"], argmin, meta, path,
+                  _part_sessions(path, argmin["method"], providers, options))
 
 
-def _open_session(path: Path, providers: list[str]) -> ort.InferenceSession:
+def _part_sessions(path: Path, method: str, providers: list[str],
+                   options: ort.SessionOptions) -> dict[tuple[str, ...], ort.InferenceSession]:
+    """One session per output group of an implicit method, each on the subgraph those outputs need; {} when the
+    graph cannot be cut (onnx missing): runs then use the whole graph with dummy inputs, as before."""
+    groups = _METHOD_PARTS.get(method)
+    if not groups:
+        return {}
+    try:
+        data = path.read_bytes()
+        return {g: ort.InferenceSession(prune_to_outputs(data, g)[0], sess_options=options, providers=providers)
+                for g in groups}
+    except ImportError:
+        return {}
+    except (OSError, SubgraphError) as e:
+        raise PolicyFileError(f"{path}: cannot split the graph into its parts {list(groups)}: {e}") from e
+    except Exception as e:  # onnxruntime's own exception types
+        raise PolicyFileError(f"{path}: a part {list(groups)} of the graph does not load: {e}") from e
+
+
+def _open_session(path: Path, providers: list[str], options: ort.SessionOptions | None = None
+                  ) -> ort.InferenceSession:
     if not path.exists():
         raise PolicyFileError(f"policy file not found: {path}")
     if not path.is_file():
@@ -412,10 +485,7 @@ def _open_session(path: Path, providers: list[str]) -> ort.InferenceSession:
     unknown = [p for p in providers if p not in available]
     if unknown:
         raise PolicyFileError(f"onnxruntime providers {unknown} are not available here; available: {available}")
-    options = ort.SessionOptions()
-    # Fatal only: failures surface as exceptions with their message, provider fallbacks through `providers`,
-    # and the one expected failure (a graph that rejects empty dummy inputs, see Policy._run) stays quiet.
-    options.log_severity_level = 4
+    options = options or session_options()
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises InvalidProtobuf / Fail / InvalidGraph for bad bytes
