@@ -55,3 +55,86 @@ def test_bad_input_is_a_clear_error():
         crop_resize(np.zeros((4, 4), np.uint8), 2, 2)
     with pytest.raises(ImageError, match="target size must be >= 1, got 0x2"):
         crop_resize(np.zeros((4, 4, 3), np.uint8), 2, 0)
+
+
+def _reference_crop_resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The original (slow) crop_resize, kept verbatim as the bit-exact reference for the fast box mean."""
+    a = np.asarray(rgb)
+    top, left, ch, cw = crop_box(a.shape[0], a.shape[1], height, width)
+    crop = a[top: top + ch, left: left + cw]
+    if (ch, cw) == (height, width):
+        return np.ascontiguousarray(crop, dtype=np.uint8)
+    if ch % height == 0 and cw % width == 0:
+        fy, fx = ch // height, cw // width
+        return crop.reshape(height, fy, width, fx, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    rows = ((np.arange(height) + 0.5) * ch / height).astype(int)
+    cols = ((np.arange(width) + 0.5) * cw / width).astype(int)
+    return np.ascontiguousarray(crop[rows][:, cols], dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "target_hw"),
+    [
+        ((360, 640), (90, 120)),   # factor 4, sides cropped
+        ((180, 320), (90, 120)),   # factor 2
+        ((480, 640), (96, 128)),   # factor 5, no crop
+        ((270, 480), (90, 120)),   # factor 3 (odd block count 9)
+        ((100, 60), (50, 10)),     # different factors per axis: 2 x 6
+        ((17, 17), (1, 1)),        # 289-pixel block: wider accumulator than uint16
+        ((20, 30), (20, 10)),      # factor 1 x 3
+        ((360, 640), (64, 64)),    # non-integer factor: nearest pixel centres
+        ((90, 120), (90, 120)),    # same size
+    ],
+)
+def test_fast_box_mean_is_bit_identical_to_the_reference(frame_hw, target_hw):
+    rng = np.random.default_rng(sum(frame_hw) * 1000 + sum(target_hw))
+    h, w = frame_hw
+    frames = [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        rng.integers(0, 2, (h, w, 3), dtype=np.uint8) * 255,  # extremes: many exact .5 ties and full-scale sums
+        np.full((h, w, 3), 255, np.uint8),
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8)[:, :, ::-1],  # BGR -> RGB view: non-contiguous strides
+        rng.integers(0, 256, (h, w, 3)).astype(np.float64),  # not uint8: the general path
+    ]
+    for frame in frames:
+        out, ref = crop_resize(frame, *target_hw), _reference_crop_resize(frame, *target_hw)
+        assert out.dtype == ref.dtype == np.uint8 and out.shape == ref.shape == (*target_hw, 3)
+        assert np.array_equal(out, ref)
+
+
+def test_exact_half_ties_round_to_even_like_the_reference():
+    # 2x2 blocks whose sums are 4k + 2: means k + 0.5 for even and odd k (0.5, 1.5, 2.5, ..., 254.5).
+    k = np.arange(255)
+    block = np.stack([k, k + 1, k, k + 1], axis=-1).reshape(255, 2, 2)  # sum 4k + 2
+    frame = np.zeros((2, 2 * 255, 3), np.uint8)
+    frame[:, :, 0] = block.transpose(1, 0, 2).reshape(2, 510)
+    frame[:, :, 1] = 7
+    out = crop_resize(frame, 1, 255)
+    assert np.array_equal(out, _reference_crop_resize(frame, 1, 255))
+    assert out[0, :, 0].tolist() == [int(x) + (int(x) % 2) for x in k]  # k + 0.5 -> the even one of k, k + 1
+    assert np.all(out[0, :, 1] == 7)
+
+
+@pytest.mark.parametrize("frame_hw", [(360, 640), (180, 320)])
+def test_camera_frames_to_policy_input_take_the_fast_path(frame_hw, monkeypatch):
+    import time
+
+    calls = []
+    fast = images._box_mean_uint8
+    monkeypatch.setattr(images, "_box_mean_uint8", lambda *a: calls.append(a[1:]) or fast(*a))
+    frame = np.random.default_rng(3).integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
+    crop_resize(frame, 90, 120)
+    factor = frame_hw[0] // 90
+    assert calls == [(factor, factor)]
+    monkeypatch.undo()
+
+    def best_of(fn, repeats=7):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(frame, 90, 120)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    # Loose on purpose (the machine is shared): the fast path is ~10x faster; require it to be at least 2x.
+    assert best_of(crop_resize) < best_of(_reference_crop_resize) / 2
