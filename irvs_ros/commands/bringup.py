@@ -122,8 +122,9 @@ def node_command(node: gd.ResolvedNode) -> list[str]:
     return cmd
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the bring-up dies, so no node outlives it (Linux)."""
+def die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent (bring-up, demo) dies, so no node outlives it
+    (Linux)."""
     try:
         import ctypes
 
@@ -144,7 +145,7 @@ class Bringup:
         for node in self.nodes:
             cmd = node_command(node)
             # own session: a terminal Ctrl-C reaches only the bring-up, which stops the nodes in order
-            proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, preexec_fn=die_with_parent)
             self.procs.append((node, proc))
             files = ", ".join(str(p) for p in node.param_files) or "-"
             params = " ".join(f"{k}:={_yaml_value(v)}" for k, v in node.overrides.items()) or "-"

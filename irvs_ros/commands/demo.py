@@ -173,16 +173,6 @@ def default_domain_id() -> int:
     return 30 + os.getpid() % 60
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the demo dies, so no node outlives it (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 class GraphProcesses:
     """The graph's nodes as processes (output to one log file); `stop()` ends them in reverse start order."""
 
@@ -191,14 +181,14 @@ class GraphProcesses:
         self.procs: list[tuple[Any, subprocess.Popen]] = []
 
     def start(self) -> None:
-        from irvs_ros.commands.bringup import node_command
+        from irvs_ros.commands.bringup import die_with_parent, node_command
 
         for node in self.nodes:
             cmd = node_command(node)
             self.log.write(f"[demo] {node.name}: {' '.join(cmd)}\n")
             self.log.flush()
             proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
             self.procs.append((node, proc))
 
     def dead(self) -> str | None:
