@@ -39,6 +39,8 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
+from irvs_ros.control.envelope import Envelope, EnvelopeConfig
+
 PACKAGE = "irvs_ros"
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -93,6 +95,20 @@ def one_of(*choices: str) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
         return None if v in choices else f"one of {list(choices)}"
     return check
+
+
+# Envelope fields a setpoint source (policy, teleop) enforces; the interpolator adds its speed and joint limits.
+SETPOINT_ENVELOPE_KEYS = ("x_min", "x_max", "y_min", "y_max", "min_reach", "max_reach", "z", "max_setpoint_step")
+
+
+def envelope_params(keys: tuple[str, ...]) -> dict[str, Param]:
+    """Parameter specs `envelope.<key>` for the control.EnvelopeConfig fields `keys`."""
+    return {f"envelope.{k}": Param(float, f"control.EnvelopeConfig.{k}", finite) for k in keys}
+
+
+def envelope_from_params(params: dict[str, Any], keys: tuple[str, ...]) -> Envelope:
+    """The safety envelope from declared `envelope.<key>` parameters (EnvelopeError on an invalid box)."""
+    return Envelope(EnvelopeConfig(**{k: params[f"envelope.{k}"] for k in keys}))
 
 
 def config_path(node_name: str, config_dir: str | os.PathLike | None = None) -> Path:

@@ -35,7 +35,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
-from irvs_ros.control.envelope import Envelope, EnvelopeConfig, EnvelopeError
+from irvs_ros.control.envelope import EnvelopeError
 from irvs_ros.control.ik import XArmIK
 from irvs_ros.control.interpolation import Interpolator
 from irvs_ros.control.xarm_model import JOINT_NAMES
@@ -51,7 +51,8 @@ from irvs_ros.nodes.common import (
     declare_parameters,
     diagnostic_array,
     diagnostic_status,
-    finite,
+    envelope_from_params,
+    envelope_params,
     loop_clock,
     non_negative,
     pair,
@@ -81,7 +82,7 @@ PARAMS: dict[str, Param] = {
     "ik_iterations": Param(int, "IK iterations per solve", lambda v: None if v >= 1 else "an integer >= 1"),
     "realtime_priority": Param(int, "SCHED_FIFO priority of the loop thread on the wall clock (0 = off)",
                                lambda v: None if 0 <= v <= 99 else "an integer in [0, 99]"),
-    **{f"envelope.{k}": Param(float, f"control.EnvelopeConfig.{k}", finite) for k in ENVELOPE_KEYS},
+    **envelope_params(ENVELOPE_KEYS),
 }
 
 
@@ -99,7 +100,7 @@ class InterpolatorNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         try:
             self.params = p = declare_parameters(self, NODE_NAME, PARAMS)
-            self.envelope = Envelope(EnvelopeConfig(**{k: p[f"envelope.{k}"] for k in ENVELOPE_KEYS}))
+            self.envelope = envelope_from_params(p, ENVELOPE_KEYS)
         except EnvelopeError as e:
             self.destroy_node()
             raise NodeConfigError(f"{NODE_NAME}: envelope parameters: {e}") from e

@@ -33,18 +33,21 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import SetBool
 
-from irvs_ros.control.envelope import Envelope, EnvelopeConfig, EnvelopeError
+from irvs_ros.control.envelope import EnvelopeError
 from irvs_ros.nodes.common import (
     COMMAND_QOS,
     DIAG_ERROR,
     DIAG_OK,
     DIAG_WARN,
     SENSOR_QOS,
+    SETPOINT_ENVELOPE_KEYS,
     NodeConfigError,
     Param,
     declare_parameters,
     diagnostic_array,
     diagnostic_status,
+    envelope_from_params,
+    envelope_params,
     finite,
     node_now,
     non_negative,
@@ -60,7 +63,6 @@ from irvs_ros.runtime.policy_file import PolicyFileError, default_providers, loa
 from irvs_ros.runtime.spec import SpecError
 
 NODE_NAME = "policy_node"
-ENVELOPE_KEYS = ("x_min", "x_max", "y_min", "y_max", "min_reach", "max_reach", "z", "max_setpoint_step")
 # State entries the node can fill from the graph, with their sizes.
 STATE_SOURCES = {"effector_xy": 2, "setpoint_xy": 2}
 
@@ -80,7 +82,7 @@ PARAMS: dict[str, Param] = {
     "start_from_ee_pose": Param(bool, "start from the effector pose instead of start_xy"),
     "start_xy": Param(list, "TCP xy (m) the first delta applies to when not starting from the effector pose", pair),
     "diagnostics_period": Param(float, "seconds between /diagnostics messages", positive),
-    **{f"envelope.{k}": Param(float, f"control.EnvelopeConfig.{k}", finite) for k in ENVELOPE_KEYS},
+    **envelope_params(SETPOINT_ENVELOPE_KEYS),
 }
 
 
@@ -99,7 +101,7 @@ class PolicyNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         try:
             self.params = p = declare_parameters(self, NODE_NAME, PARAMS)
-            self.envelope = Envelope(EnvelopeConfig(**{k: p[f"envelope.{k}"] for k in ENVELOPE_KEYS}))
+            self.envelope = envelope_from_params(p, SETPOINT_ENVELOPE_KEYS)
             eta = None if p["eta_inv"] < 0 else p["eta_inv"]
             self.policy = load_policy(p["model"], eta_inv=eta, providers=_providers(p["providers"]),
                                       threads=p["threads"], spinning=p["spinning"])

@@ -66,18 +66,20 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from irvs_ros.control.envelope import Envelope, EnvelopeConfig, EnvelopeError
+from irvs_ros.control.envelope import EnvelopeError
 from irvs_ros.nodes.common import (
     COMMAND_QOS,
     DIAG_OK,
     DIAG_WARN,
     SENSOR_QOS,
+    SETPOINT_ENVELOPE_KEYS,
     NodeConfigError,
     Param,
     declare_parameters,
     diagnostic_array,
     diagnostic_status,
-    finite,
+    envelope_from_params,
+    envelope_params,
     node_now,
     one_of,
     pair,
@@ -93,7 +95,6 @@ PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
               "/index.html": ("index.html", "text/html; charset=utf-8"),
               "/teleop.js": ("teleop.js", "text/javascript; charset=utf-8"),
               "/teleop.css": ("teleop.css", "text/css; charset=utf-8")}
-ENVELOPE_KEYS = ("x_min", "x_max", "y_min", "y_max", "min_reach", "max_reach", "z", "max_setpoint_step")
 RECORDER_ACTIONS = ("start", "stop", "mark_success", "mark_failure", "discard")
 NUDGES = {"up": (1.0, 0.0), "down": (-1.0, 0.0), "left": (0.0, 1.0), "right": (0.0, -1.0)}  # unit steps in (x, y)
 ACTIONS = (*NUDGES, *RECORDER_ACTIONS, "toggle", "reset")
@@ -137,7 +138,7 @@ PARAMS: dict[str, Param] = {
     "terminal_keys": Param(str, "keyboard on this terminal: auto (when stdin is a TTY), true or false",
                            one_of("auto", "true", "false")),
     "diagnostics_period": Param(float, "seconds between /diagnostics messages", positive),
-    **{f"envelope.{k}": Param(float, f"control.EnvelopeConfig.{k}", finite) for k in ENVELOPE_KEYS},
+    **envelope_params(SETPOINT_ENVELOPE_KEYS),
 }
 
 
@@ -401,7 +402,7 @@ class TeleopNode(Node):
         self._keys_reader: TerminalKeyReader | None = None
         try:
             self.params = p = declare_parameters(self, NODE_NAME, PARAMS)
-            self.envelope = Envelope(EnvelopeConfig(**{k: p[f"envelope.{k}"] for k in ENVELOPE_KEYS}))
+            self.envelope = envelope_from_params(p, SETPOINT_ENVELOPE_KEYS)
             self.page = {name: (PAGE_DIR / name).read_bytes() for name, _ in PAGE_FILES.values()}
             self._http = self._serve(p["host"], p["port"])
         except (EnvelopeError, OSError) as e:
@@ -704,7 +705,7 @@ class TeleopNode(Node):
     def config(self) -> dict[str, Any]:
         """The JSON of GET /config."""
         c = self.envelope.config
-        return {"envelope": {k: getattr(c, k) for k in ENVELOPE_KEYS}, "nudge_step": self.params["nudge_step"],
+        return {"envelope": {k: getattr(c, k) for k in SETPOINT_ENVELOPE_KEYS}, "nudge_step": self.params["nudge_step"],
                 "period": self.params["period"], "frame_id": self.params["frame_id"], "keys": KEY_ACTIONS,
                 "actions": list(ACTIONS), "services": self.service_names, "url": self.url}
 
