@@ -218,13 +218,14 @@ def test_irvs_demo_runs_episodes_prints_results_and_writes_a_video(tiny_policy, 
 @pytest.fixture(scope="module")
 def graph(tiny_policy, tmp_path_factory):
     """The demo's graph (processes, lockstep) on the tiny policy, and an EpisodeRunner on it."""
-    from irvs_ros.commands.demo import GraphProcesses, graph_env, graph_nodes
+    from irvs_ros.commands.bringup import Bringup
+    from irvs_ros.commands.demo import graph_env, graph_nodes
     from irvs_ros.nodes.episode_runner import EpisodeRunner
 
     log_path = tmp_path_factory.mktemp("graph") / "nodes.log"
     env = graph_env(DOMAIN)
     with open(log_path, "w") as log:
-        procs = GraphProcesses(graph_nodes(tiny_policy, None, "push_insert"), env, log)
+        procs = Bringup(graph_nodes(tiny_policy, None, "push_insert"), env, log)
         procs.start()
         try:
             with EpisodeRunner(domain_id=DOMAIN) as runner:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from irvs_ros.nodes import graph_description as gd
 
@@ -134,26 +134,41 @@ def die_with_parent() -> None:
 
 
 class Bringup:
-    """The started node processes of one graph; `stop()` shuts them down in reverse start order."""
+    """The started node processes of one graph; `stop()` shuts them down in reverse start order.
 
-    def __init__(self, nodes: list[gd.ResolvedNode], env: dict[str, str]) -> None:
+    log: None = nodes write to this terminal and progress lines are printed; a text file = node output and
+    progress lines go to it instead (the demo's nodes.log)."""
+
+    def __init__(self, nodes: list[gd.ResolvedNode], env: dict[str, str], log: IO[str] | None = None) -> None:
         self.nodes = nodes
         self.env = env
+        self.log = log
         self.procs: list[tuple[gd.ResolvedNode, subprocess.Popen]] = []
 
+    def _say(self, line: str) -> None:
+        print(line, file=self.log, flush=True)
+
     def start(self) -> None:
+        quiet = {} if self.log is None else {"stdout": self.log, "stderr": subprocess.STDOUT,
+                                             "stdin": subprocess.DEVNULL}
         for node in self.nodes:
             cmd = node_command(node)
+            if self.log is not None:
+                self._say(f"[bringup] {node.name}: {' '.join(cmd)}")
             # own session: a terminal Ctrl-C reaches only the bring-up, which stops the nodes in order
-            proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, preexec_fn=die_with_parent)
+            proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, preexec_fn=die_with_parent, **quiet)
             self.procs.append((node, proc))
             files = ", ".join(str(p) for p in node.param_files) or "-"
             params = " ".join(f"{k}:={_yaml_value(v)}" for k, v in node.overrides.items()) or "-"
-            print(f"[bringup] started {node.name} (pid {proc.pid}): {node.executable}  params: {files}  "
-                  f"overrides: {params}", flush=True)
+            self._say(f"[bringup] started {node.name} (pid {proc.pid}): {node.executable}  params: {files}  "
+                      f"overrides: {params}")
 
     def exited(self) -> list[tuple[gd.ResolvedNode, int]]:
         return [(n, p.returncode) for n, p in self.procs if p.poll() is not None]
+
+    def dead(self) -> str | None:
+        """'NAME exited with status N, ...' for nodes that ended, else None."""
+        return ", ".join(f"{n.name} exited with status {code}" for n, code in self.exited()) or None
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """SIGINT each running node (last started first), then SIGTERM / SIGKILL what is left; True when every
@@ -167,14 +182,14 @@ class Bringup:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 clean = False
-                print(f"[bringup] {node.name} did not stop within {timeout} s of SIGINT: SIGTERM", flush=True)
+                self._say(f"[bringup] {node.name} did not stop within {timeout} s of SIGINT: SIGTERM")
                 proc.terminate()
                 try:
                     proc.wait(timeout=3.0)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            print(f"[bringup] stopped {node.name} (status {proc.returncode})", flush=True)
+            self._say(f"[bringup] stopped {node.name} (status {proc.returncode})")
         return clean
 
 

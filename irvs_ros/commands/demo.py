@@ -23,12 +23,10 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 HELP = "the main job: the push_insert policy graph in simulation, seeded episodes, success rate and a video"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +34,6 @@ DEFAULT_MODEL = "models/push_insert.onnx"
 GRAPH = "push_insert"
 # sim_node settings of the demo on top of the graph description's: see the module docstring.
 SIM_OVERRIDES: dict[str, Any] = {"lockstep": True, "real_time_factor": 0.0, "camera_rate": 5.0}
-STOP_TIMEOUT = 10.0        # wall s a node gets to exit after SIGINT
 PARTICLE_OPTIONS = ("config", "n_dim", "demos", "steps")
 DDS_PROFILE = "fastdds_lockstep.xml"  # in config/
 
@@ -173,41 +170,6 @@ def default_domain_id() -> int:
     return 30 + os.getpid() % 60
 
 
-class GraphProcesses:
-    """The graph's nodes as processes (output to one log file); `stop()` ends them in reverse start order."""
-
-    def __init__(self, nodes: list, env: dict[str, str], log: IO[str]) -> None:
-        self.nodes, self.env, self.log = nodes, env, log
-        self.procs: list[tuple[Any, subprocess.Popen]] = []
-
-    def start(self) -> None:
-        from irvs_ros.commands.bringup import die_with_parent, node_command
-
-        for node in self.nodes:
-            cmd = node_command(node)
-            self.log.write(f"[demo] {node.name}: {' '.join(cmd)}\n")
-            self.log.flush()
-            proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
-            self.procs.append((node, proc))
-
-    def dead(self) -> str | None:
-        """'NAME exited with status N, ...' for nodes that ended, else None."""
-        gone = [f"{n.name} exited with status {p.returncode}" for n, p in self.procs if p.poll() is not None]
-        return ", ".join(gone) or None
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        for _node, proc in reversed(self.procs):
-            if proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -246,11 +208,12 @@ def run_graph_demo(args: argparse.Namespace) -> int:
     print(f"[demo] starting {', '.join(n.name for n in nodes)} (ROS_DOMAIN_ID={domain}, lockstep on sim time); "
           f"node logs: {log_path}", flush=True)
 
+    from irvs_ros.commands.bringup import Bringup
     from irvs_ros.nodes.episode_runner import EpisodeError, EpisodeRunner
 
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        graph = GraphProcesses(nodes, env, log)
+        graph = Bringup(nodes, env, log)
         try:
             graph.start()
             with EpisodeRunner(domain_id=domain) as runner:
