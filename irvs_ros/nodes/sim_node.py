@@ -338,7 +338,8 @@ class SimNode(Node):
         if self._episode_over:
             return
         episode_time = self._episode_time()
-        if self._pause_on_success and episode_time > 0 and self.gate.is_decision_time(self.sim_time):
+        # Half a tick, not 0: at the first decision episode_time is 0 up to float rounding of the clock sums.
+        if self._pause_on_success and episode_time > 0.5 * self.dt and self.gate.is_decision_time(self.sim_time):
             with self._sim_lock:
                 success = self.robot.env.evaluate()[0]
             if success:
