@@ -311,14 +311,15 @@ def test_mse_and_mdn_fit_a_smooth_target():
         algo = make_algorithm(name, spec, params)
         opt = torch.optim.Adam(algo.parameters(), lr=3e-3)
         gen = torch.Generator().manual_seed(0)
-        first = None
+        losses = []
         for _ in range(150):
             loss = algo.compute_loss(batch, gen)["loss"]
-            first = float(loss.detach()) if first is None else first
+            losses.append(float(loss.detach()))
             opt.zero_grad()
             loss.backward()
             opt.step()
-        last = float(loss.detach())
+        # The mean of the last 10 steps: one step's MDN NLL jumps by nats (seen on CPUs without AMX).
+        first, last = losses[0], float(np.mean(losses[-10:]))
         err = np.abs(algo.predict({"state": state}, None) - action).mean()
         # MSE: the squared error drops by 10x; MDN: the NLL (nats per sample) by more than 1 nat.
         assert last < 0.1 * first if name == "mse" else last < first - 1.0, (name, first, last)

@@ -41,6 +41,7 @@ SIM_PARAMS = {"task": "push", "seed": 4, "real_time_factor": 1.0, "image_width":
               "camera_rate": 10.0}
 EPISODE_S = 4.0  # sim seconds of teleoperation recorded
 PERIOD = 0.2
+STALL_AT, STALL_S = 8, 0.5  # mid-episode the recorder is blocked this long (wall s): it must catch up, not drop
 TYPES = {"/camera/camera/color/image_raw": "sensor_msgs/msg/Image", "/irvs/setpoint": "geometry_msgs/msg/PoseStamped",
          "/joint_states": "sensor_msgs/msg/JointState", "/irvs/ee_pose": "geometry_msgs/msg/PoseStamped",
          "/irvs/episode": "std_msgs/msg/String"}
@@ -150,6 +151,9 @@ def test_scripted_teleoperator_records_an_episode_that_ingests_and_trains(tmp_pa
                 assert "target" in answer, answer
                 sent.append(answer["target"])
                 t_next += PERIOD
+                if len(sent) == STALL_AT:
+                    with recorder._lock:  # the recorder stalls (as on a slow disk) while the graph goes on
+                        time.sleep(STALL_S)
             wait_until(lambda: api.state()["time"] >= t_start + EPISODE_S, 20, "the episode's end")
             api.episode("mark_success")
             api.episode("stop")
@@ -187,6 +191,9 @@ def test_scripted_teleoperator_records_an_episode_that_ingests_and_trains(tmp_pa
         assert span >= EPISODE_S - 0.5 and np.all(np.diff(t) > 0), (topic, span)
         assert np.median(np.diff(t)) == pytest.approx(1 / rate, rel=0.1), topic
         assert least * rate * span <= counts[topic] <= rate * span + 2, (topic, counts[topic], span)
+    # The sim publishes joint states every 10 ms of sim time: the stalled recorder lost none of them.
+    t = np.array([m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in msgs["/joint_states"]])
+    assert np.max(np.diff(t)) < 0.015, ("joint states lost while the recorder stalled", np.max(np.diff(t)))
     img = msgs["/camera/camera/color/image_raw"][-1]
     assert (img.width, img.height, img.encoding) == (160, 90, "rgb8")
 

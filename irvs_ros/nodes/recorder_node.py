@@ -40,10 +40,8 @@ from irvs_ros.data.bags import (
     label_finished_episode,
 )
 from irvs_ros.nodes.common import (
-    COMMAND_QOS,
     DIAG_ERROR,
     DIAG_OK,
-    SENSOR_QOS,
     NodeConfigError,
     Param,
     declare_parameters,
@@ -83,6 +81,13 @@ BAG_TOPICS = {
     "joint_states_topic": ("/joint_states", JointState, "sensor_msgs/msg/JointState"),
     "ee_pose_topic": ("/irvs/ee_pose", PoseStamped, "geometry_msgs/msg/PoseStamped"),
 }
+# Recording takes every message, not only the newest: a deep history lets a recorder that is briefly busy (a slow
+# disk, a starved CPU, a long write) catch up instead of dropping. 1000 = 10 s of a 100 Hz stream; the camera stays
+# best effort (as it is published) with 2 s of 30 Hz frames.
+RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+RECORD_IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=60, reliability=ReliabilityPolicy.BEST_EFFORT,
+                              durability=DurabilityPolicy.VOLATILE)
 EPISODE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -110,7 +115,7 @@ class RecorderNode(Node):
         self.last_error = ""
         self._index = self._next_index()
         for key, (bag_topic, msg_type, _) in BAG_TOPICS.items():
-            qos = SENSOR_QOS if key == "image_topic" else COMMAND_QOS
+            qos = RECORD_IMAGE_QOS if key == "image_topic" else RECORD_QOS
             self.create_subscription(msg_type, p[key], lambda raw, t=bag_topic: self._on_raw(t, raw), qos, raw=True)
         self._episode_pub = self.create_publisher(String, p["episode_topic"], EPISODE_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
