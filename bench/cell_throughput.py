@@ -5,7 +5,7 @@ before the throughput work (`CellConfig.legacy()`). Writes bench/results/cell.js
     .venv/bin/python bench/cell_throughput.py [--seeds 100] [--render-episodes 5] [--legacy-seeds 20]
 
 One process, one core: the numbers are per core. An env step is one 5 Hz decision = 0.2 s of simulated time
-(20 IK solves at 100 Hz, 60 physics steps at 300 Hz); IBC's own env steps are 0.1 s (10 Hz, 24 physics steps
+(20 IK solves at 100 Hz, 48 physics steps at 240 Hz); IBC's own env steps are 0.1 s (10 Hz, 24 physics steps
 at 240 Hz). The machine is shared: wall-clock rates depend on its load (recorded at start and end), so the
 comparison that holds is the ratio within one run; CPU-time rates (this process's CPU seconds) are reported
 next to them because they move less with load.
@@ -30,8 +30,22 @@ from irvs_ros.sim.push_oracle import InsertOracle, PushOracle
 from irvs_ros.sim.push_tasks import PushTaskEnv, TaskConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-IBC_STEPS_PER_S = 270.0       # IBC's PyBullet push env with its oracle on this machine (issue 3)
+IBC_STEPS_PER_S = 270.0       # IBC's PyBullet push env with its oracle on a machine of this kind (issue 3)
+# Our legacy settings on push (steps/s incl. reset) in the run of 2026-11-22 (commit 262782b, Intel Xeon with AMX):
+# the machine the IBC figure most likely comes from. IBC's env was not run here; scaling its figure by how much
+# faster this machine runs our legacy settings estimates what it would do here.
+LEGACY_PUSH_REF_STEPS_PER_S = 93.0
 IBC_STEP_S, STEP_S = 0.1, 0.2  # simulated seconds per env step: IBC (10 Hz), ours (5 Hz)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class _Runner:
@@ -137,11 +151,17 @@ def main() -> int:
     except OSError:
         commit = ""
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.node(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "cpu": _cpu_model(), "cores": os.cpu_count(),
             "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(), "python": platform.python_version(),
             "numpy": np.__version__, "pybullet": pybullet.getAPIVersion(), "commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "ibc_reference_steps_per_s": IBC_STEPS_PER_S,
             "ibc_reference_sim_s_per_s": IBC_STEPS_PER_S * IBC_STEP_S, "env_step_sim_s": STEP_S}
+
+    legacy_push = next((r for r in results if (r["task"], r["settings"], r["image"]) == ("push", "legacy", False)),
+                       None)
+    ibc_here = None if legacy_push is None else \
+        IBC_STEPS_PER_S * legacy_push["steps_per_s_incl_reset"] / LEGACY_PUSH_REF_STEPS_PER_S
+    meta["ibc_estimated_here_steps_per_s"] = ibc_here
 
     def find(task: str, settings: str, image: bool) -> dict | None:
         return next((r for r in results if (r["task"], r["settings"], r["image"]) == (task, settings, image)), None)
@@ -165,6 +185,8 @@ def main() -> int:
                 row["vs_ibc_per_sim_second"] = row["sim_s_per_s_incl_reset"] / (IBC_STEPS_PER_S * IBC_STEP_S)
                 row["cpu_vs_ibc_per_env_step"] = new["cpu_steps_per_s_incl_reset"] / IBC_STEPS_PER_S
                 row["cpu_vs_ibc_per_sim_second"] = row["cpu_vs_ibc_per_env_step"] * STEP_S / IBC_STEP_S
+                if ibc_here is not None:
+                    row["vs_ibc_estimated_here_per_env_step"] = new["steps_per_s_incl_reset"] / ibc_here
             comparison.append(row)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cell.json").write_text(json.dumps({"meta": meta, "results": results, "comparison": comparison},
@@ -172,7 +194,8 @@ def main() -> int:
     loads = ", ".join(f"{x:.1f}" for x in meta["load_avg_at_start"]), ", ".join(
         f"{x:.1f}" for x in meta["load_avg_at_end"])
     lines = ["# Simulated cell throughput and oracle success", "",
-             f"Command: `{meta['command']}` on {meta['machine']} ({meta['cores']} cores, shared; load average "
+             f"Command: `{meta['command']}` on {meta['machine']} ({meta['cpu']}, {meta['cores']} cores, shared; "
+             f"load average "
              f"(1, 5, 15 min) {loads[0]} at start, {loads[1]} at end), Python {meta['python']}, numpy "
              f"{meta['numpy']}, pybullet API {meta['pybullet']}, commit {meta['commit']}, {meta['date']}.", "",
              "One process (per core). An env step = one 5 Hz decision = 0.2 s simulated (IBC's = 0.1 s). "
@@ -187,12 +210,19 @@ def main() -> int:
              "steps/s incl. reset | CPU steps/s | reset ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(r) for r in results]
     lines += ["", "## Comparison", "",
-              f"IBC's own PyBullet push env with its oracle: {IBC_STEPS_PER_S:.0f} env steps/s on this machine, "
-              f"{IBC_STEP_S} s simulated per step = {IBC_STEPS_PER_S * IBC_STEP_S:.0f} simulated s per second. "
+              f"IBC's own PyBullet push env with its oracle: {IBC_STEPS_PER_S:.0f} env steps/s on a machine of this "
+              f"kind (the issue's figure, not re-measured), {IBC_STEP_S} s simulated per step = "
+              f"{IBC_STEPS_PER_S * IBC_STEP_S:.0f} simulated s per second. Machines of this kind differ: our legacy "
+              f"settings ran push at {LEGACY_PUSH_REF_STEPS_PER_S:.0f} steps/s on 2026-11-22 (Intel Xeon) and at "
+              + ("-" if legacy_push is None else f"{legacy_push['steps_per_s_incl_reset']:.0f}")
+              + " here, so IBC's env would run at about "
+              + ("-" if ibc_here is None else f"{ibc_here:.0f}")
+              + " steps/s here (an estimate: the figure scaled by that ratio). "
               "Ours per env step (incl. reset) and per simulated second (env steps/s x 0.2 s):", "",
               "| task | images | steps/s incl. reset | simulated s per s | x legacy (wall) | x legacy (CPU) | "
-              "x IBC per env step (wall / CPU) | x IBC per simulated s (wall / CPU) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "x IBC per env step (wall / CPU) | x IBC per simulated s (wall / CPU) | "
+              "x IBC estimated here per env step |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in comparison:
         def fmt(key: str, c: dict = c) -> str:
             return f"{c[key]:.2f}" if key in c else "-"
@@ -201,7 +231,7 @@ def main() -> int:
                      f"{c['sim_s_per_s_incl_reset']:.0f} | {fmt('speedup_vs_legacy_incl_reset')} | "
                      f"{fmt('cpu_speedup_vs_legacy_incl_reset')} | {fmt('vs_ibc_per_env_step')} / "
                      f"{fmt('cpu_vs_ibc_per_env_step')} | {fmt('vs_ibc_per_sim_second')} / "
-                     f"{fmt('cpu_vs_ibc_per_sim_second')} |")
+                     f"{fmt('cpu_vs_ibc_per_sim_second')} | {fmt('vs_ibc_estimated_here_per_env_step')} |")
     (RESULTS / "cell.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -178,6 +178,18 @@ def test_cell_config_rejects_bad_simulation_settings():
         CellConfig(ik_method="magic")
     with pytest.raises(CellError, match="physics_hz"):
         CellConfig(physics_hz=200)
+    with pytest.raises(CellError, match="physics_hz"):
+        CellConfig(physics_hz=242)  # not a whole number of physics steps per 5 Hz policy period
+
+
+def test_physics_steps_spread_evenly_over_the_ticks():
+    from irvs_ros.sim.cell import CellConfig
+
+    assert CellConfig(physics_hz=300).tick_substeps == (3,) * 20
+    at_240 = CellConfig(physics_hz=240).tick_substeps  # IBC's physics rate: 2.4 physics steps per 100 Hz tick
+    assert len(at_240) == 20 and sum(at_240) == 48 and set(at_240) == {2, 3}
+    assert at_240[:5] == (2, 2, 3, 2, 3)  # every tick ends on the physics step closest below its own time
+    assert CellConfig().physics_hz == 240
 
 
 def test_layered_rendering_equals_a_full_render():

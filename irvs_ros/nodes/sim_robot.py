@@ -45,7 +45,8 @@ class SimRobot:
             raise SimRobotError(f"camera: {e}") from e
         c = self.cell.config
         self.tick_period = c.envelope.tick_period
-        self.substeps = c.substeps
+        self.tick_substeps = c.tick_substeps  # physics steps per tick, repeating every policy period
+        self._tick = 0
         self.seed: int | None = None
         self.reset(0)
 
@@ -56,6 +57,7 @@ class SimRobot:
         self.camera.resample(self.env.np_random)
         self.seed = int(seed)
         self._target = self.joint_positions()
+        self._tick = 0
         return self.task_state()
 
     # ------------------------------------------------------------------ control
@@ -70,12 +72,10 @@ class SimRobot:
     def step_tick(self) -> None:
         """Drive the joints toward the target and simulate one control tick (tick_period s)."""
         cell, cid = self.cell, self.cell.client
-        p.setJointMotorControlArray(cell.robot, cell.joints, p.POSITION_CONTROL, targetPositions=self._target.tolist(),
-                                    forces=cell.joint_forces,
-                                    positionGains=[cell.config.joint_position_gain] * len(cell.joints),
-                                    physicsClientId=cid)
-        for _ in range(self.substeps):
+        cell.drive(self._target)
+        for _ in range(self.tick_substeps[self._tick % len(self.tick_substeps)]):
             p.stepSimulation(physicsClientId=cid)
+        self._tick += 1
 
     # ------------------------------------------------------------------ state
     def joint_positions(self) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Control is the robot's: a 5 Hz absolute TCP setpoint goes through `control` (envelope, 5 Hz -> 100 Hz
 interpolation, IK in its own kinematics-only client) and the resulting joint positions drive the simulated
-joints by position control at 100 Hz. Physics runs at `physics_hz` (default 300 Hz: an integer number of
-physics steps per 100 Hz tick, and finer than the 240 Hz of IBC's sim).
+joints by position control at 100 Hz. Physics runs at `physics_hz` (default 240 Hz, IBC's sim rate; any rate of
+at least 240 Hz with a whole number of physics steps per 5 Hz policy period): the 2.4 physics steps per tick are
+spread evenly, 2 or 3 per tick (`CellConfig.tick_substeps`).
 
 Frame: the arm's base frame; the table top is z = 0; the TCP height is fixed at `EnvelopeConfig.z`.
 Only the tool collides, with the block and the task's bodies (fixture): the arm's other links are filtered out
@@ -59,7 +60,7 @@ class CellConfig:
 
     tool: ToolGeometry = field(default_factory=ToolGeometry)
     envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)
-    physics_hz: float = 300.0
+    physics_hz: float = 240.0
     block_size: float = 0.04
     block_mass: float = 0.01
     block_friction: float = 1.0
@@ -80,14 +81,14 @@ class CellConfig:
     implicit_cylinder: bool = True
 
     def __post_init__(self) -> None:
-        ratio = self.physics_hz / self.envelope.tick_rate
-        if self.physics_hz < 240 or abs(ratio - round(ratio)) > 1e-9:
-            raise CellError(f"physics_hz must be >= 240 and a multiple of the {self.envelope.tick_rate} Hz tick rate, "
-                            f"got {self.physics_hz}")
         ticks = self.envelope.tick_rate / self.envelope.policy_rate
         if abs(ticks - round(ticks)) > 1e-9:
             raise CellError(f"tick rate {self.envelope.tick_rate} must be a multiple of the policy rate "
                             f"{self.envelope.policy_rate}")
+        ratio = self.physics_hz / self.envelope.policy_rate
+        if self.physics_hz < 240 or abs(ratio - round(ratio)) > 1e-9:
+            raise CellError(f"physics_hz must be >= 240 and a multiple of the {self.envelope.policy_rate} Hz policy "
+                            f"rate, got {self.physics_hz}")
         if not (self.block_size > 0 and self.block_mass > 0):
             raise CellError(f"block needs size > 0 and mass > 0, got {self.block_size}, {self.block_mass}")
         if self.solver_iterations < 1 or not (self.solver_residual_threshold >= 0):
@@ -100,16 +101,19 @@ class CellConfig:
     def legacy(cls, **overrides: object) -> CellConfig:
         """The simulation settings before the throughput work (world rebuilt at every reset, unmerged arm,
         PyBullet's iterative IK and solver defaults, multibody block, tool-table pair checked): for before/after
-        comparisons. Same physical parameters."""
-        settings = {"solver_iterations": 50, "solver_residual_threshold": 1e-7, "merge_fixed_links": False,
-                    "rebuild_on_reset": True, "ik_method": "pybullet", "block_maximal_coordinates": False,
-                    "tool_table_collision": True, "implicit_cylinder": False}
+        comparisons. Same physical parameters; physics at 300 Hz (3 steps per tick) as it was then."""
+        settings = {"physics_hz": 300.0, "solver_iterations": 50, "solver_residual_threshold": 1e-7,
+                    "merge_fixed_links": False, "rebuild_on_reset": True, "ik_method": "pybullet",
+                    "block_maximal_coordinates": False, "tool_table_collision": True, "implicit_cylinder": False}
         return replace(cls(), **{**settings, **overrides})
 
     @property
-    def substeps(self) -> int:
-        """Physics steps per 100 Hz tick."""
-        return int(round(self.physics_hz / self.envelope.tick_rate))
+    def tick_substeps(self) -> tuple[int, ...]:
+        """Physics steps of each 100 Hz tick of one policy period (ticks_per_step,), spread evenly: (3,) * 20 at
+        300 Hz; at 240 Hz 2 or 3 (48 in all), tick k ending at the physics step floor((k + 1) * 2.4)."""
+        per_tick = self.physics_hz / self.envelope.tick_rate
+        ends = [math.floor(k * per_tick + 1e-9) for k in range(self.ticks_per_step + 1)]
+        return tuple(b - a for a, b in zip(ends[:-1], ends[1:], strict=True))
 
     @property
     def ticks_per_step(self) -> int:
@@ -244,7 +248,7 @@ class Cell:
         q = self.ik.solve(start)
         p.resetJointStatesMultiDof(self.robot, self.joints, [[float(v)] for v in q], [[0.0]] * 6,
                                    physicsClientId=cid)
-        self._drive(q)
+        self.drive(q)
         self.set_block_pose(block_xy, block_yaw)
 
     def set_block_pose(self, xy: np.ndarray, yaw: float) -> None:
@@ -264,14 +268,15 @@ class Cell:
         for _ in range(c.ticks_per_step):
             self.time += dt
             commands.append(self.interpolator.tick(self.time))
-        step_sim, substeps = p.stepSimulation, range(c.substeps)
-        for q in self.ik.solve_path(np.array(commands)):
-            self._drive(q)
-            for _ in substeps:
+        step_sim = p.stepSimulation
+        for q, substeps in zip(self.ik.solve_path(np.array(commands)), c.tick_substeps, strict=True):
+            self.drive(q)
+            for _ in range(substeps):
                 step_sim(physicsClientId=cid)
         return res
 
-    def _drive(self, q: np.ndarray) -> None:
+    def drive(self, q: np.ndarray) -> None:
+        """Position-control the joints toward q (6,) rad until the next call."""
         p.setJointMotorControlArray(self.robot, self.joints, p.POSITION_CONTROL, targetPositions=q.tolist(),
                                     forces=self.joint_forces, positionGains=self._gains, physicsClientId=self.client)
 
