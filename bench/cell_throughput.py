@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pybullet
 
+from irvs_ros.commands.pipeline import cpu_model
 from irvs_ros.sim.cell import CellConfig
 from irvs_ros.sim.push_oracle import InsertOracle, PushOracle
 from irvs_ros.sim.push_tasks import PushTaskEnv, TaskConfig
@@ -36,16 +37,6 @@ IBC_STEPS_PER_S = 270.0       # IBC's PyBullet push env with its oracle on a mac
 # faster this machine runs our legacy settings estimates what it would do here.
 LEGACY_PUSH_REF_STEPS_PER_S = 93.0
 IBC_STEP_S, STEP_S = 0.1, 0.2  # simulated seconds per env step: IBC (10 Hz), ours (5 Hz)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class _Runner:
@@ -151,7 +142,7 @@ def main() -> int:
     except OSError:
         commit = ""
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.node(),
-            "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "cpu": cpu_model(), "cores": os.cpu_count(),
             "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(), "python": platform.python_version(),
             "numpy": np.__version__, "pybullet": pybullet.getAPIVersion(), "commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "ibc_reference_steps_per_s": IBC_STEPS_PER_S,

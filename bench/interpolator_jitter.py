@@ -633,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0:
         ap.error("--duration must be > 0")
     args.graph_duration = args.duration if args.graph_duration is None else args.graph_duration
+    # The graphs' Fast DDS profile for every process of the run, this probe included (camera frames fit it).
+    from irvs_ros.nodes.graph_description import dds_profile_env
+
+    os.environ.update(dds_profile_env(os.environ))
     env = dict(os.environ, PYTHONUNBUFFERED="1", ROS_DOMAIN_ID=str(args.domain_id))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -333,6 +333,9 @@ class NodeUnderTest:
 
 
 def bench_e2e(variants: list[dict], images: np.ndarray, decisions: int, sizes: list[str]) -> dict[str, dict]:
+    from irvs_ros.nodes.graph_description import dds_profile_env
+
+    os.environ.update(dds_profile_env(os.environ))  # the graphs' Fast DDS profile, for this probe and the nodes
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     nodes = [NodeUnderTest(v, DOMAIN_BASE + i, env) for i, v in enumerate(variants)]
     try:

@@ -186,6 +186,8 @@ def test_builder_imports_without_ros_launch_and_rejects_unknown_graphs(monkeypat
 def test_launch_file_agrees_with_the_description(path, monkeypatch):
     name = path.name.removesuffix(".launch.py")
     desc = gd.graph(name)
+    for var in gd.DDS_PROFILE_VARS:
+        monkeypatch.delenv(var, raising=False)
     actions = _load(path, monkeypatch)
     declared = {a.args[0]: a.kwargs["default_value"] for a in actions["DeclareLaunchArgument"]}
     assert declared == {a.name: a.default for a in desc.args}
@@ -198,6 +200,9 @@ def test_launch_file_agrees_with_the_description(path, monkeypatch):
         assert node.kwargs["executable"] in installed, f"{node.kwargs['executable']} is no console script"
         for f in node.kwargs["parameters"][:-1]:
             assert Path(f).is_file(), f
+        # Every node gets the project's Fast DDS profile (camera frames fit its transports).
+        profile = Path(node.kwargs["additional_env"]["FASTDDS_DEFAULT_PROFILES_FILE"])
+        assert profile.name == "fastdds.xml" and profile.is_file()
     pending = gd.executables(name, pending=True)
     assert not pending & installed, f"{pending & installed} are installed now: drop their pending marker"
     assert {n.kwargs["executable"] for n in nodes} | pending == gd.executables(name)

@@ -1,4 +1,4 @@
-"""Smoke tests of the end-to-end entry points (`irvs demo`, `irvs bench particle`) with a tiny budget."""
+"""Smoke tests of the end-to-end entry points (`irvs demo`, `irvs bench particle | push`) with a tiny budget."""
 
 import json
 
@@ -24,7 +24,8 @@ def test_bench_particle_writes_results_per_cell(tmp_path):
                      "--results", str(results)])
     assert code == 0
     report = json.loads(results.with_suffix(".json").read_text())
-    assert [(c["algorithm"], c["n_dim"]) for c in report["cells"]] == [("mse", 1), ("nn", 1)]
+    assert [(c["algorithm"], c["n_dim"], c["column"]) for c in report["cells"]] == [("mse", 1, "N=1"),
+                                                                                    ("nn", 1, "N=1")]
     for cell in report["cells"]:
         assert "error" not in cell, cell
         assert cell["episodes"] == 3 and 0.0 <= cell["success_rate"] <= 1.0
@@ -39,3 +40,22 @@ def test_bench_rejects_a_malformed_algorithm_override(tmp_path, capsys):
                      "--workdir", str(tmp_path), "--results", str(tmp_path / "r")])
     assert code == 2
     assert "ALGO:KEY=VALUE" in capsys.readouterr().err
+
+
+def test_bench_push_trains_each_seed_on_one_dataset_and_tabulates_mean_and_std(tmp_path):
+    results = tmp_path / "results" / "push_states"
+    work = tmp_path / "work"
+    code = cli.main(["bench", "push", "--train-seeds", "0", "1", "--algos", "mse", "nn", "--demos", "3",
+                     "--episodes", "2", "--set", "steps=3", "--set", "batch_size=8", "--algo-set",
+                     "mse:params.width=16", "--algo-set", "mse:params.depth=2", "--workdir", str(work),
+                     "--results", str(results)])
+    assert code == 0
+    report = json.loads(results.with_suffix(".json").read_text())
+    assert [(c["algorithm"], c["train_seed"]) for c in report["cells"]] == [("mse", 0), ("nn", 0), ("mse", 1),
+                                                                           ("nn", 1)]
+    for cell in report["cells"]:
+        assert "error" not in cell, cell
+        assert cell["episodes"] == 2 and 0.0 <= cell["success_rate"] <= 1.0
+    assert [p.name for p in work.glob("*.h5")] == ["push_expert_3.h5"]  # one oracle dataset for every seed
+    table = results.with_suffix(".md").read_text()
+    assert "| algorithm | seed 0 | seed 1 | mean ± std |" in table and "Table 3" in table

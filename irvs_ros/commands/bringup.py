@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
             print(" ".join(cmd))
         return 0
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.update(gd.dds_profile_env(env))
     if args.domain_id is not None:
         if not 0 <= args.domain_id <= 232:
             print(f"irvs bringup: --domain-id must be in [0, 232], got {args.domain_id}", file=sys.stderr)

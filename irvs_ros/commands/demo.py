@@ -35,7 +35,6 @@ GRAPH = "push_insert"
 # sim_node settings of the demo on top of the graph description's: see the module docstring.
 SIM_OVERRIDES: dict[str, Any] = {"lockstep": True, "real_time_factor": 0.0, "camera_rate": 5.0}
 PARTICLE_OPTIONS = ("config", "n_dim", "demos", "steps")
-DDS_PROFILE = "fastdds_lockstep.xml"  # in config/
 
 
 class DemoError(RuntimeError):
@@ -151,17 +150,13 @@ def graph_nodes(model: Path, eta_inv: float | None, task: str) -> list:
 
 def graph_env(domain_id: int) -> dict[str, str]:
     """Environment of the demo's processes (nodes and runner): ROS domain `domain_id`, discovery on this machine
-    only (a demo must never reach a robot graph on the network), and config/fastdds_lockstep.xml as the Fast DDS
-    profile (short heartbeats: lockstep waits for every reliable sample) unless a profile file is set already."""
+    only (a demo must never reach a robot graph on the network), and config/fastdds.xml as the Fast DDS profile
+    (short heartbeats: lockstep waits for every reliable sample) unless a profile file is set already."""
+    from irvs_ros.nodes.graph_description import dds_profile_env
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", ROS_DOMAIN_ID=str(domain_id))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env and "FASTRTPS_DEFAULT_PROFILES_FILE" not in env:
-        from irvs_ros.nodes.graph_description import GraphDescriptionError, param_file
-
-        try:
-            env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(param_file(DDS_PROFILE))
-        except GraphDescriptionError:
-            pass  # an install without it: Fast DDS defaults (a dropped sample can then stall a tick up to 3 s)
+    env.update(dds_profile_env(env))
     return env
 
 

@@ -48,6 +48,12 @@ def make_executor(context: Context | None = None, events: bool = False) -> Execu
     return EventsExecutor(context=context)
 
 
+def _spin_until(executor: Executor, context: Context, stop: threading.Event, period: float = 0.05) -> None:
+    """Spin `executor` until `stop` is set (checked at least every `period` s) or `context` shuts down."""
+    while not stop.is_set() and context.ok():
+        executor.spin_once(timeout_sec=period)
+
+
 class InProcessGraph:
     """A private rclpy context + DDS domain; each node spins in its own executor thread (see module docstring)."""
 
@@ -57,7 +63,7 @@ class InProcessGraph:
         self.domain_id = domain_id
         self.context: Context | None = None
         self.nodes: list[Node] = []
-        self._spinners: dict[int, tuple[Executor, threading.Thread]] = {}
+        self._spinners: dict[int, tuple[Executor, threading.Thread, threading.Event]] = {}
 
     def __enter__(self) -> InProcessGraph:
         self.context = Context()
@@ -73,10 +79,12 @@ class InProcessGraph:
         events=True: with the EventsExecutor (see `make_executor`)."""
         executor = make_executor(self.context, events)
         executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, name=f"spin-{node.get_name()}", daemon=True)
+        stop = threading.Event()
+        thread = threading.Thread(target=_spin_until, args=(executor, self.context, stop),
+                                  name=f"spin-{node.get_name()}", daemon=True)
         thread.start()
         self.nodes.append(node)
-        self._spinners[id(node)] = (executor, thread)
+        self._spinners[id(node)] = (executor, thread, stop)
         return node
 
     def remove(self, node: Node) -> None:
@@ -88,9 +96,12 @@ class InProcessGraph:
         close = getattr(node, "close", None)
         if callable(close):
             close()
-        executor, thread = self._spinners.pop(id(node))
+        executor, thread, stop = self._spinners.pop(id(node))
+        # Stop the spin loop first and shut the executor down from here once it has returned: shutting it down
+        # under a running spin() races with its wait set (rclpy raised from the spin thread on gc.trigger()).
+        stop.set()
+        thread.join(timeout=5.0)
         executor.shutdown(timeout_sec=2.0)
-        thread.join(timeout=2.0)
         node.destroy_node()
 
     def __exit__(self, *exc: object) -> None:

@@ -13,6 +13,7 @@ Imports neither rclpy nor launch, so it can be read anywhere (tests, the bring-u
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,22 @@ def param_file(file_name: str, config_dir: str | os.PathLike | None = None) -> P
         if path.is_file():
             return path.resolve()
     raise GraphDescriptionError(f"no parameter file {file_name}: looked in {[str(c) for c in candidates]}")
+
+
+DDS_PROFILE = "fastdds.xml"  # in config/: transports sized for camera frames, short writer heartbeats
+DDS_PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
+def dds_profile_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variable that gives every node of a graph config/fastdds.xml as its Fast DDS profile, as
+    {name: path}; {} when `env` (default: this process's) names a profile file already (the user's wins) or no
+    copy is installed."""
+    if any(v in (os.environ if env is None else env) for v in DDS_PROFILE_VARS):
+        return {}
+    try:
+        return {DDS_PROFILE_VARS[0]: str(param_file(DDS_PROFILE))}
+    except GraphDescriptionError:
+        return {}
 
 
 def node_overrides(entry: NodeEntry, values: dict[str, str]) -> dict[str, Any]:

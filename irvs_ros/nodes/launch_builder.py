@@ -9,8 +9,9 @@ What the description becomes, with the ROS 2 Jazzy launch API only:
 - each refusal (and each node whose executable is pending) -> LogInfo + Shutdown with the reason, under the
   refusal's condition; each required argument left empty -> LogInfo + Shutdown;
 - each ready node -> launch_ros Node (package irvs_ros, its parameter files as absolute paths, then one dict
-  of overrides: fixed values and ParameterValue(LaunchConfiguration(arg), value_type=kind)), under its
-  condition (IfCondition / UnlessCondition on a boolean argument, else an IfCondition(PythonExpression)).
+  of overrides: fixed values and ParameterValue(LaunchConfiguration(arg), value_type=kind); config/fastdds.xml
+  as its Fast DDS profile unless the environment names one), under its condition (IfCondition /
+  UnlessCondition on a boolean argument, else an IfCondition(PythonExpression)).
 
 `launch` and `launch_ros` exist only on a ROS 2 machine; they are imported when a description is built, so
 this module itself imports anywhere (graph_description stays free of them).
@@ -41,7 +42,7 @@ def _node(entry: gd.NodeEntry, api: dict[str, Any]) -> Any:
         overrides[ap.param] = api["ParameterValue"](api["LaunchConfiguration"](ap.arg), value_type=ap.kind)
     return api["Node"](package=gd.PACKAGE, executable=entry.executable, name=entry.name, output="screen",
                        parameters=[str(gd.param_file(f)) for f in entry.param_files] + [overrides],
-                       condition=_condition(entry.when, api))
+                       additional_env=gd.dds_profile_env(), condition=_condition(entry.when, api))
 
 
 def _launch_api() -> dict[str, Any]:

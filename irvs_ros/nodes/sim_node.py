@@ -140,6 +140,7 @@ class SimNode(Node):
         self._pause_requested = False
         self._paused = False
         self.pause_reason = ""
+        self._resumes = 0  # times the loop left a pause (the resume request waits for the next one)
         self._episode_over = True   # no episode end before the first ~/reset
         self._time_limit = 0.0
         self._pause_on_success = False
@@ -246,6 +247,11 @@ class SimNode(Node):
             else:
                 self._pause_requested, self.pause_reason = False, ""
                 self._pause_cv.notify_all()
+                # Return once the loop has resumed, so that the state read next is no longer the old pause's.
+                resumes, deadline = self._resumes, time.monotonic() + 5.0
+                while self._paused and self._resumes == resumes and self._thread.is_alive() \
+                        and time.monotonic() < deadline:
+                    self._pause_cv.wait(0.05)
                 ok = True
         resp.success = ok
         resp.message = json.dumps({"paused": bool(req.data) and ok, "sim_time": self.sim_time}
@@ -272,6 +278,8 @@ class SimNode(Node):
             while self._pause_requested and not self._stop.is_set():
                 self._pause_cv.wait(0.1)
             self._paused = False
+            self._resumes += 1
+            self._pause_cv.notify_all()
 
     # ------------------------------------------------------------------ simulation loop
     def _run(self) -> None:
