@@ -299,6 +299,42 @@ def test_irvs_export_command(files, tmp_path, capsys):
     assert "should name a .onnx file" in capsys.readouterr().err
 
 
+def test_export_command_checks_energies_and_accepts_only_dfo_near_ties(tmp_path, capsys, monkeypatch):
+    from irvs_ros.learn.checkpoint import save_checkpoint
+    from irvs_ros.runtime.policy_file import Policy
+
+    torch.manual_seed(0)
+    ebm = make_algorithm("ebm_dfo", _spec(), {**SMALL, "num_counter_examples": 8, "dfo_samples": 64})
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "last.pt", algorithm=ebm, algorithm_name="ebm_dfo",
+                    params={**SMALL, "num_counter_examples": 8, "dfo_samples": 64}, spec=ebm.spec, step=1,
+                    config={"algorithm": "ebm_dfo"}, dataset_fingerprint="fp")
+    out = tmp_path / "ebm.onnx"
+    assert cli.main(["export", str(run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "energy / energy std" in printed and "near-tie" not in printed
+
+    # The runtime picks another action of the same energies (as a DFO near-tie does): accepted, and said so.
+    act = Policy.act
+    monkeypatch.setattr(Policy, "act", lambda self, obs, rng: act(self, obs, rng) + np.float32(0.05))
+    assert cli.main(["export", str(run), "--out", str(out)]) == 0
+    assert "near-tie" in capsys.readouterr().out
+    # An explicit policy has no such excuse: the same shift fails its export.
+    mse_run = tmp_path / "mse_run"
+    mse = make_algorithm("mse", _spec(), SMALL)
+    save_checkpoint(mse_run / "checkpoints" / "last.pt", algorithm=mse, algorithm_name="mse", params=SMALL,
+                    spec=mse.spec, step=1, config={"algorithm": "mse"}, dataset_fingerprint="fp")
+    assert cli.main(["export", str(mse_run), "--out", str(tmp_path / "mse.onnx")]) == 1
+    assert "actions differ" in capsys.readouterr().err
+    monkeypatch.setattr(Policy, "act", act)
+
+    # Energies that disagree (the file's graph is not the checkpoint's network) fail the export.
+    energy = Policy.energy
+    monkeypatch.setattr(Policy, "energy", lambda self, obs, cand: energy(self, obs, cand) * np.float32(1.01))
+    assert cli.main(["export", str(run), "--out", str(out)]) == 1
+    assert "energies differ" in capsys.readouterr().err
+
+
 def test_runtime_never_imports_torch(files):
     code = (
         "import sys, numpy as np\n"

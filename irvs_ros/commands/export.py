@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the command imports numpy / torch only when it runs, so `irvs --help` stays fast
     import numpy as np
@@ -57,16 +57,45 @@ def run(args: argparse.Namespace) -> int:
     if not args.verify:
         return 0
     obs = random_observations(spec, 4, np.random.default_rng(args.seed))
+    energy_err = None
+    if not policy.explicit:
+        energy_err = energy_disagreement(algo, policy, obs, np.random.default_rng(args.seed + 2))
+        print(f"verify: max |torch - onnx| energy / energy std = {energy_err:.2e} on 256 random candidates per "
+              f"observation")
+        if not energy_err <= args.tolerance:
+            print(f"irvs export: error: torch and ONNX energies differ by {energy_err:.2e} of their spread "
+                  f"(> --tolerance {args.tolerance})", file=sys.stderr)
+            return 1
     torch_action = algo.predict(obs, np.random.default_rng(args.seed + 1))
     onnx_action = policy.act(obs, np.random.default_rng(args.seed + 1))
     action_range = np.asarray(spec.action_high) - np.asarray(spec.action_low)
     err = float(np.max(np.abs(torch_action - onnx_action) / action_range))
     print(f"verify: max |torch - onnx| / action range = {err:.2e} on {len(torch_action)} random observations")
-    if not err <= args.tolerance:
-        print(f"irvs export: error: torch and ONNX actions differ by {err:.2e} of the action range "
-              f"(> --tolerance {args.tolerance})", file=sys.stderr)
-        return 1
-    return 0
+    if err <= args.tolerance:
+        return 0
+    if energy_err is not None and policy.argmin["method"] in ("dfo", "adfo"):
+        # The energies agree, so the two runtimes score candidates alike; DFO's resampling draws by softmax(-E)
+        # and keeps the best of many candidates, so energies a rounding error apart can send the same seed to a
+        # different, equally good candidate (seen on trained push policies: 2e-3 of the range).
+        print(f"verify: the chosen actions differ by {err:.2e} of the action range with energies that agree: a "
+              f"near-tie in the sampling-based argmin, not a defect of the file")
+        return 0
+    print(f"irvs export: error: torch and ONNX actions differ by {err:.2e} of the action range "
+          f"(> --tolerance {args.tolerance})", file=sys.stderr)
+    return 1
+
+
+def energy_disagreement(algo: Any, policy: Any, obs: dict[str, np.ndarray], rng: np.random.Generator,
+                        num: int = 256) -> float:
+    """max |E_torch - E_onnx| / std(E_torch) over `num` candidates per observation, uniform in the policy's
+    normalized sampling box (action, and return for IRvS)."""
+    import numpy as np  # noqa: F811 - runtime import, see TYPE_CHECKING above
+
+    low, high = algo.var_low.cpu().numpy(), algo.var_high.cpu().numpy()
+    batch = next(iter(obs.values())).shape[0]
+    cand = rng.uniform(low, high, size=(batch, num, low.shape[0])).astype(np.float32)
+    e_torch, e_onnx = algo.energies(obs, cand), policy.energy(obs, cand)
+    return float(np.max(np.abs(e_torch - e_onnx)) / max(float(np.std(e_torch)), 1e-12))
 
 
 def random_observations(spec: PolicySpec, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

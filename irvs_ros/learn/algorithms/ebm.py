@@ -366,6 +366,15 @@ class _EnergyAlgorithm(Algorithm):
     def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.var_low.cpu().numpy(), self.var_high.cpu().numpy()
 
+    def energies(self, obs: dict[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
+        """Untilted energies (B, N) of normalized candidates (B, N, D), as the runtime's `Policy.energy` (for the
+        autoregressive model its full-prefix model E_{D-1})."""
+        with _eval_mode(self), torch.no_grad():
+            feat = self._obs_features(obs)
+            if isinstance(self, EbmAdfo):
+                return self._energy_ar_fn(feat)(candidates)[..., -1]
+            return self._energy_fn(feat)(candidates)
+
     def predict(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         """Actions (B, A) float32 in raw units: the argmin of the energy, unnormalized."""
         x = self._solve(obs, rng).x
