@@ -1,5 +1,6 @@
-"""Training options for pixel policies: image-only observation from a dataset that also stores states, and the
-random-shift image augmentation (reproducible, edge-replicated, content actually moves)."""
+"""Training options for pixel policies: image-only observation from a dataset that also stores states, image plus
+named state entries (state_keys), and the random-shift image augmentation (reproducible, edge-replicated, content
+actually moves)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import pytest
 import torch
 
 from irvs_ros.data.store import DatasetWriter
-from irvs_ros.learn.batches import image_only, random_shift
+from irvs_ros.learn.batches import image_and_state, image_only, random_shift
 from irvs_ros.learn.checkpoint import load_for_export
 from irvs_ros.learn.config_schema import ConfigError
 from irvs_ros.learn.export import export_policy
 from irvs_ros.learn.train_config import config_from_dict
 from irvs_ros.learn.trainer import train
 from irvs_ros.runtime.policy_file import load_policy
-from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec, SpecError
+from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec, SpecError, observation_adapter
 
 H, W = 16, 20
 
@@ -85,3 +86,57 @@ def test_random_shift_moves_content_reproducibly_and_replicates_edges():
     shifted = random_shift(edge, 2, torch.Generator().manual_seed(0))
     assert shifted.min() >= 0 and shifted.max() <= W - 1  # replicated borders add no new values
     assert torch.equal(random_shift(image, 0, torch.Generator()), image)
+
+
+@pytest.fixture(scope="module")
+def hinted_dataset(tmp_path_factory) -> Path:
+    """Blank images and a state laid out as noise (2,), hint (1,): the action is the hint."""
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("data") / "hinted.h5"
+    meta = {"action_limits": {"low": [-1.0], "high": [1.0]}, "state_layout": [["noise", 2], ["hint", 1]]}
+    with DatasetWriter(str(path), obs_spec=ObsSpec(3, (H, W, 3)).to_dict(), action_dim=1, meta=meta) as writer:
+        for _ in range(8):
+            state = np.concatenate([rng.normal(5.0, 3.0, size=(16, 2)), rng.uniform(-1, 1, size=(16, 1))], 1)
+            writer.add_episode(state=state.astype(np.float32), image=np.zeros((16, H, W, 3), np.uint8),
+                               action=state[:, 2:].astype(np.float32), reward=np.ones(16, np.float32), success=True)
+    return path
+
+
+def test_state_keys_train_on_the_image_plus_the_named_state_entries(hinted_dataset, tmp_path):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = config_from_dict({"dataset": str(hinted_dataset), "algorithm": "mse", "observation": "image",
+                            "state_keys": ["hint"], "steps": 300, "batch_size": 32, "lr": 3e-3,
+                            "log_every": 100, "checkpoint_every": 300,
+                            "params": {"width": 32, "depth": 2, "image_channels": [4], "image_stem_stride": 2}})
+    result = train(cfg, tmp_path / "run")
+    algo, config, fingerprint = load_for_export(result.run_dir)
+    obs = algo.spec.obs
+    assert obs.state_dim == 1 and obs.state_keys == ("hint",) and config["state_keys"] == ["hint"]
+    assert abs(algo.spec.stats.state_mean[0]) < 0.3  # the hint's statistics, not the noise's (mean 5)
+    policy = load_policy(export_policy(algo, tmp_path / "p.onnx", train_config=config,
+                                       dataset_fingerprint=fingerprint))
+    # An environment's observation carries the whole state; the adapter picks the policy's entries from it.
+    adapt = observation_adapter(policy.spec.obs, (("noise", 2), ("hint", 1)))
+    rng = np.random.default_rng(2)
+    hint = rng.uniform(-0.9, 0.9, size=(64, 1)).astype(np.float32)
+    full = np.concatenate([rng.normal(5.0, 3.0, size=(64, 2)).astype(np.float32), hint], 1)
+    action = policy.act(adapt({"state": full, "image": np.zeros((64, H, W, 3), np.uint8)}), rng)
+    assert np.abs(action - hint).mean() < 0.15, np.abs(action - hint).mean()  # it follows the hint it was given
+
+
+def test_state_keys_errors():
+    stats = NormStats((1.0, 2.0, 3.0), (1.0, 1.0, 1.0), (-1.0,), (1.0,))
+    spec = PolicySpec(ObsSpec(3, (H, W, 3)), 1, stats, (-1.1,), (1.1,), 5.0)
+    with_hint, cols = image_and_state(spec, ("hint",), (("noise", 2), ("hint", 1)))
+    assert cols.tolist() == [2] and with_hint.stats.state_mean == (3.0,)
+    with pytest.raises(SpecError, match="not a non-empty subset"):
+        image_and_state(spec, ("speed",), (("noise", 2), ("hint", 1)))
+    with pytest.raises(SpecError, match="does not add up"):
+        image_and_state(spec, ("hint",), (("noise", 1), ("hint", 1)))
+    with pytest.raises(SpecError, match="layout"):
+        image_and_state(spec, ("hint",), None)
+    with pytest.raises(SpecError, match="no named layout"):
+        observation_adapter(with_hint.obs, None)
+    with pytest.raises(ConfigError, match="only with observation 'image'"):
+        config_from_dict({"dataset": "d.h5", "algorithm": "mse", "state_keys": ["hint"]})

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     from irvs_ros.data.store import Dataset, DatasetWriter
     from irvs_ros.runtime.spec import ObsSpec
-    from irvs_ros.sim.registry import make_env
+    from irvs_ros.sim.registry import make_env, state_layout
     from irvs_ros.sim.rollout import MIXED_BLEND, iter_demos, weak_behaviour_description
 
     try:
@@ -154,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
     meta = {"env": args.env, "env_kwargs": env_kwargs, "action_limits": {"low": low.tolist(), "high": high.tolist()},
             "quality": quality_meta, "seed": args.seed, "command": command_line("demos", args),
             "generator": "irvs_ros.sim.rollout.iter_demos"}
+    layout = state_layout(args.env)
+    if layout is not None:
+        meta["state_layout"] = [list(entry) for entry in layout]
     start = time.perf_counter()
     try:
         episodes = iter_demos(args.env, env_kwargs, args.episodes, args.seed, workers=args.workers,

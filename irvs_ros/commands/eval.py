@@ -84,7 +84,8 @@ def _check_fit(spec: Any, env: Any) -> None:
         if tuple(spaces["image"].shape) != tuple(spec.obs.image_shape):
             raise ValueError(f"the policy needs images {spec.obs.image_shape}, this environment gives "
                              f"{tuple(spaces['image'].shape)}")
-    if (spec.obs.state_dim and spec.obs.state_dim != state_dim) or spec.action_dim != action_dim:
+    whole_state = spec.obs.state_keys == ("state",)
+    if (spec.obs.state_dim and whole_state and spec.obs.state_dim != state_dim) or spec.action_dim != action_dim:
         raise ValueError(f"the policy was trained for state_dim={spec.obs.state_dim}, action_dim={spec.action_dim}; "
                          f"this environment has state_dim={state_dim}, action_dim={action_dim}")
 
@@ -112,8 +113,14 @@ def _video_plan(args: argparse.Namespace, env: Any, env_name: str) -> tuple[dict
     return {i: directory / f"{env_name}_episode{i:03d}_seed{args.seed + i}.{fmt}" for i in chosen}, fps
 
 
+def _adapted(act_fn: Any, adapt: Any) -> Any:
+    """act_fn seeing the observation `adapt` makes of the environment's (the policy's own state entries)."""
+    return lambda obs: act_fn(adapt(obs))
+
+
 def run(args: argparse.Namespace) -> int:
-    from irvs_ros.sim.registry import make_env
+    from irvs_ros.runtime.spec import observation_adapter
+    from irvs_ros.sim.registry import make_env, state_layout
     from irvs_ros.sim.rollout import OraclePolicy, evaluate
     from irvs_ros.sim.video import VideoError
 
@@ -144,13 +151,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.policy != "oracle":
                 _check_fit(spec, probe)
+                act_fn = _adapted(act_fn, observation_adapter(spec.obs, state_layout(env_name)))
             videos, fps = _video_plan(args, probe, env_name)
         finally:
             probe.close()
         start = time.perf_counter()
         result = evaluate(env_name, env_kwargs, act_fn, args.episodes, args.seed, batch=not args.one_at_a_time,
                           max_batch=args.batch_size, videos=videos, video_fps=fps)
-    except (ValueError, FileNotFoundError, VideoError) as exc:
+    except (ValueError, FileNotFoundError, VideoError) as exc:  # SpecError is a ValueError
         print(f"irvs eval: {exc}", file=sys.stderr)
         return 2
     finally:

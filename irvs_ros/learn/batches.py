@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec, SpecError, widened_bounds
+from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec, SpecError, StateLayout, state_columns, widened_bounds
 
 # Keys an algorithm's batch may hold (see irvs_ros.learn.algorithms.base).
 BATCH_KEYS = ("state", "image", "action", "return")
@@ -54,6 +54,35 @@ def image_only(spec: PolicySpec) -> PolicySpec:
     stats = NormStats((), (), spec.stats.action_min, spec.stats.action_max, spec.stats.return_min,
                       spec.stats.return_max)
     return dataclasses.replace(spec, obs=ObsSpec(0, spec.obs.image_shape, ()), stats=stats)
+
+
+def dataset_state_layout(ds: Any) -> StateLayout | None:
+    """How dataset `ds`'s state vector is laid out: meta["state_layout"], else its env's (None when unnamed)."""
+    from irvs_ros.sim.registry import state_layout
+
+    meta = dict(ds.meta or {})
+    if meta.get("state_layout"):
+        return tuple((str(name), int(size)) for name, size in meta["state_layout"])
+    return state_layout(meta.get("env"))
+
+
+def image_and_state(spec: PolicySpec, keys: tuple[str, ...], layout: StateLayout | None
+                    ) -> tuple[PolicySpec, np.ndarray]:
+    """`spec` observing its image plus the state entries `keys` (named in `layout`), and the state columns (K,)
+    they are taken from; state statistics are sliced to match. SpecError without images or layout."""
+    if spec.obs.image_shape is None:
+        raise SpecError("observation 'image' needs a dataset with images (this one observes states only)")
+    if layout is None:
+        raise SpecError(f"state_keys {list(keys)} need the dataset's state layout (meta['state_layout'] or a "
+                        "known env in meta['env'])")
+    if sum(int(n) for _, n in layout) != spec.obs.state_dim:
+        raise SpecError(f"state layout {list(layout)} does not add up to the dataset's state_dim "
+                        f"{spec.obs.state_dim}")
+    cols = state_columns(layout, keys)
+    st = spec.stats
+    stats = NormStats(tuple(np.asarray(st.state_mean)[cols]), tuple(np.asarray(st.state_std)[cols]), st.action_min,
+                      st.action_max, st.return_min, st.return_max)
+    return dataclasses.replace(spec, obs=ObsSpec(len(cols), spec.obs.image_shape, keys), stats=stats), cols
 
 
 def random_shift(image: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

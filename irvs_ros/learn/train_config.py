@@ -67,6 +67,9 @@ class TrainConfig:
         return-filtered BC keeps the top 0.5).
     observation: "all" trains on everything the dataset observes; "image" on the camera image alone (a pixel
         policy that needs no state at run time, like the robot graph's policy_node), ignoring the dataset's state.
+    state_keys: with observation "image", named entries of the dataset's state the policy sees besides the image
+        (e.g. [setpoint_xy], the effector's commanded position, which the robot graph's policy node has); the
+        dataset's meta["state_layout"] or its env names them. Empty: the image alone.
     image_shift: random-shift augmentation of training images by up to this many pixels (edge-replicated,
         per sample; 0 = off). A regularizer for pixel policies trained on few demonstrations.
     control_rate_hz: decisions per second recorded in the policy spec; None takes the dataset's
@@ -92,6 +95,7 @@ class TrainConfig:
     grad_clip: float | None = None
     keep_top_fraction: float = 1.0
     observation: Literal["all", "image"] = "all"
+    state_keys: tuple[str, ...] = ()
     image_shift: int = 0
     control_rate_hz: float | None = None
     device: str = "auto"
@@ -119,6 +123,11 @@ class TrainConfig:
             raise ConfigError(f"grad_clip: must be a positive number or null, got {self.grad_clip}")
         if not 0.0 < self.keep_top_fraction <= 1.0:
             raise ConfigError(f"keep_top_fraction: must be in (0, 1], got {self.keep_top_fraction}")
+        if self.state_keys and self.observation != "image":
+            raise ConfigError(f"state_keys: only with observation 'image' (observation 'all' sees the whole state), "
+                              f"got state_keys {list(self.state_keys)} with observation {self.observation!r}")
+        if len(set(self.state_keys)) != len(self.state_keys):
+            raise ConfigError(f"state_keys: each key once, got {list(self.state_keys)}")
         if self.image_shift < 0:
             raise ConfigError(f"image_shift: must be >= 0 pixels, got {self.image_shift}")
         if self.control_rate_hz is not None and self.control_rate_hz <= 0:

@@ -37,6 +37,8 @@ from torch import nn
 from irvs_ros.learn.algorithms.base import Algorithm, make_algorithm
 from irvs_ros.learn.batches import (
     InMemoryBatches,
+    dataset_state_layout,
+    image_and_state,
     image_only,
     policy_spec_from_dataset,
     random_shift,
@@ -57,7 +59,7 @@ from irvs_ros.learn.train_config import TrainConfig, check_algorithm_params, sav
 log = logging.getLogger("irvs_ros.train")
 
 # Config keys that must not change when a run is resumed (the weights or the data would not match).
-RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction", "observation")
+RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction", "observation", "state_keys")
 
 
 class TrainError(RuntimeError):
@@ -256,9 +258,13 @@ class Trainer:
             raise TrainError(f"--resume: dataset {cfg.dataset!r} has fingerprint {self.fingerprint}, the checkpoint "
                              f"was trained on {self.ckpt['dataset_fingerprint']}")
         self.spec = policy_spec_from_dataset(self.dataset, cfg.control_rate_hz)
-        if cfg.observation == "image":
-            self.spec = image_only(self.spec)
         arrays = select_top_episodes(self.dataset.arrays(), self.dataset.episode_ends, cfg.keep_top_fraction)
+        if cfg.observation == "image" and cfg.state_keys:
+            layout = dataset_state_layout(self.dataset)
+            self.spec, columns = image_and_state(self.spec, tuple(cfg.state_keys), layout)
+            arrays["state"] = np.ascontiguousarray(arrays["state"][:, columns])
+        elif cfg.observation == "image":
+            self.spec = image_only(self.spec)
 
         # Same seed on every rank, so every rank builds identical initial weights.
         seed_everything(cfg.seed)
@@ -356,15 +362,18 @@ class Trainer:
             return None
         result = None
         if self.ctx.is_main:
+            from irvs_ros.runtime.spec import observation_adapter
+            from irvs_ros.sim.registry import state_layout
             from irvs_ros.sim.rollout import evaluate
 
             rng = np.random.default_rng(ev.seed)
+            adapt = observation_adapter(self.spec.obs, state_layout(ev.env))
             was_training = self.algorithm.training
             self.algorithm.eval()
             t0 = time.perf_counter()
             try:
                 with preserved_rng(self.ctx.device):
-                    raw = evaluate(ev.env, dict(ev.env_kwargs), lambda obs: self.algorithm.predict(obs, rng),
+                    raw = evaluate(ev.env, dict(ev.env_kwargs), lambda obs: self.algorithm.predict(adapt(obs), rng),
                                    ev.episodes, ev.seed)
             finally:
                 self.algorithm.train(was_training)

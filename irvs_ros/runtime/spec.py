@@ -7,6 +7,7 @@ store, so the trainer, the exporter and the runtime all describe a policy the sa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -74,6 +75,39 @@ class ObsSpec:
     def from_dict(cls, d: dict) -> ObsSpec:
         shape = d.get("image_shape")
         return cls(int(d["state_dim"]), tuple(shape) if shape else None, tuple(d.get("state_keys", ("state",))))
+
+
+StateLayout = tuple[tuple[str, int], ...]
+
+
+def state_columns(layout: StateLayout, keys: tuple[str, ...]) -> np.ndarray:
+    """Indices into a state vector laid out as `layout` ((name, size), ...) that pick `keys`, in `keys` order.
+
+    SpecError names the unknown keys and the layout's keys."""
+    offsets, start = {}, 0
+    for name, size in layout:
+        offsets[name] = np.arange(start, start + int(size))
+        start += int(size)
+    unknown = [k for k in keys if k not in offsets]
+    if unknown or not keys:
+        raise SpecError(f"state keys {list(keys)} are not a non-empty subset of the state's {list(offsets)}")
+    return np.concatenate([offsets[k] for k in keys])
+
+
+def observation_adapter(obs: ObsSpec, layout: StateLayout | None) -> Callable[[dict], dict]:
+    """A function from an environment's observation (its whole state vector, laid out as `layout`) to the one
+    `obs` names: the state columns of obs.state_keys, or the observation unchanged when the policy takes the
+    whole state or none. SpecError when the keys need a layout the environment lacks."""
+    if obs.state_dim == 0 or obs.state_keys == ("state",):
+        return lambda o: o
+    if layout is None:
+        raise SpecError(f"the policy observes state entries {list(obs.state_keys)}, but the environment's state "
+                        "has no named layout")
+    cols = state_columns(layout, obs.state_keys)
+    if len(cols) != obs.state_dim:
+        raise SpecError(f"state entries {list(obs.state_keys)} have {len(cols)} values in the environment, "
+                        f"the policy expects state_dim {obs.state_dim}")
+    return lambda o: {**o, "state": np.asarray(o["state"])[..., cols]}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 from irvs_ros.sim.leftmost import LeftmostEnv, LeftmostOracle
 from irvs_ros.sim.particle import ParticleEnv, ParticleOracle
 from irvs_ros.sim.push_oracle import InsertOracle, PushOracle
+from irvs_ros.sim.push_tasks import STATE_KEYS as PUSH_STATE_KEYS
 from irvs_ros.sim.push_tasks import PushEnv, PushInsertEnv
 from irvs_ros.sim.room import RoomEnv, RoomOracle
 
@@ -29,6 +30,15 @@ class Oracle(Protocol):
 
 ENVS: dict[str, type[gym.Env]] = {"particle": ParticleEnv, "room": RoomEnv, "leftmost": LeftmostEnv,
                                   "push": PushEnv, "push_insert": PushInsertEnv}
+
+
+# How each environment's state vector is laid out, ((name, size), ...), where its entries have names.
+STATE_LAYOUTS: dict[str, tuple[tuple[str, int], ...]] = {"push": PUSH_STATE_KEYS, "push_insert": PUSH_STATE_KEYS}
+
+
+def state_layout(name: str | None) -> tuple[tuple[str, int], ...] | None:
+    """The named layout of environment `name`'s state vector, or None where its entries have no names."""
+    return STATE_LAYOUTS.get(name) if name else None
 
 
 def _checked_kwargs(what: str, fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
