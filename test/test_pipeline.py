@@ -59,3 +59,35 @@ def test_bench_push_trains_each_seed_on_one_dataset_and_tabulates_mean_and_std(t
     assert [p.name for p in work.glob("*.h5")] == ["push_expert_3.h5"]  # one oracle dataset for every seed
     table = results.with_suffix(".md").read_text()
     assert "| algorithm | seed 0 | seed 1 | mean ± std |" in table and "Table 3" in table
+
+
+def test_tilt_sweep_evaluates_one_irvs_file_at_each_eta_inv_on_the_same_scenes(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    data, run, policy = tmp_path / "d.h5", tmp_path / "run", tmp_path / "p.onnx"
+    assert cli.main(["demos", "--env", "particle", "--n-dim", "1", "--episodes", "6", "--seed", "0",
+                     "--out", str(data)]) == 0
+    config = Path(__file__).resolve().parents[1] / "config" / "train_particle_irvs.yaml"
+    small = ["steps=3", "batch_size=8", "eval.env=null", "params.width=16", "params.depth=2"]
+    assert cli.main(["train", str(config), f"dataset={data}", *small, "params.method=dfo", "params.resnet=false",
+                     "params.spectral_norm=false", "params.dfo_samples=64", "--out", str(run), "--quiet"]) == 0
+    assert cli.main(["export", str(run), "--out", str(policy)]) == 0
+    spec = importlib.util.spec_from_file_location("tilt_sweep", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "tilt_sweep.py")
+    tilt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tilt)
+    results = tmp_path / "tilt"
+    assert tilt.main(["--policy", str(policy), "--eta-inv", "0", "2", "--episodes", "2", "--seed", "5",
+                      "--results", str(results)]) == 0
+    report = json.loads(results.with_suffix(".json").read_text())
+    assert [r["eta_inv"] for r in report["rows"]] == [0.0, 2.0] and report["algorithm"] == "irvs"
+    for row in report["rows"]:
+        assert 0.0 <= row["success_rate"] <= 1.0 and len(row["per_episode"]) == 2
+    assert "| eta_inv |" in results.with_suffix(".md").read_text()
+    # Only an IRvS file has a tilt to sweep.
+    mse_run, mse_policy = tmp_path / "mse", tmp_path / "mse.onnx"
+    assert cli.main(["train", str(config.with_name("train_particle_mse.yaml")), f"dataset={data}", *small,
+                     "--out", str(mse_run), "--quiet"]) == 0
+    assert cli.main(["export", str(mse_run), "--out", str(mse_policy)]) == 0
+    assert tilt.main(["--policy", str(mse_policy), "--results", str(tmp_path / "no")]) == 2
