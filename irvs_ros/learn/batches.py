@@ -47,10 +47,14 @@ def policy_spec_from_dataset(ds: Any, control_rate_hz: float | None = None) -> P
                       action_high=tuple(high.tolist()), control_rate_hz=float(control_rate_hz), extra=extra)
 
 
-def image_only(spec: PolicySpec) -> PolicySpec:
-    """`spec` observing its image alone: no state and no state statistics (SpecError when it has no image)."""
+def _require_images(spec: PolicySpec) -> None:
     if spec.obs.image_shape is None:
         raise SpecError("observation 'image' needs a dataset with images (this one observes states only)")
+
+
+def image_only(spec: PolicySpec) -> PolicySpec:
+    """`spec` observing its image alone: no state and no state statistics (SpecError when it has no image)."""
+    _require_images(spec)
     stats = NormStats((), (), spec.stats.action_min, spec.stats.action_max, spec.stats.return_min,
                       spec.stats.return_max)
     return dataclasses.replace(spec, obs=ObsSpec(0, spec.obs.image_shape, ()), stats=stats)
@@ -70,8 +74,7 @@ def image_and_state(spec: PolicySpec, keys: tuple[str, ...], layout: StateLayout
                     ) -> tuple[PolicySpec, np.ndarray]:
     """`spec` observing its image plus the state entries `keys` (named in `layout`), and the state columns (K,)
     they are taken from; state statistics are sliced to match. SpecError without images or layout."""
-    if spec.obs.image_shape is None:
-        raise SpecError("observation 'image' needs a dataset with images (this one observes states only)")
+    _require_images(spec)
     if layout is None:
         raise SpecError(f"state_keys {list(keys)} need the dataset's state layout (meta['state_layout'] or a "
                         "known env in meta['env'])")

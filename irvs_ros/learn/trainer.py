@@ -262,7 +262,7 @@ class Trainer:
         if cfg.observation == "image" and cfg.state_keys:
             layout = dataset_state_layout(self.dataset)
             self.spec, columns = image_and_state(self.spec, tuple(cfg.state_keys), layout)
-            arrays["state"] = np.ascontiguousarray(arrays["state"][:, columns])
+            arrays["state"] = arrays["state"][:, columns]  # fancy indexing copies
         elif cfg.observation == "image":
             self.spec = image_only(self.spec)
 

@@ -80,18 +80,24 @@ class ObsSpec:
 StateLayout = tuple[tuple[str, int], ...]
 
 
+def state_slices(layout: StateLayout) -> dict[str, slice]:
+    """{name: slice of the state vector} for a state laid out as `layout` ((name, size), ...)."""
+    out, start = {}, 0
+    for name, size in layout:
+        out[name] = slice(start, start + int(size))
+        start += int(size)
+    return out
+
+
 def state_columns(layout: StateLayout, keys: tuple[str, ...]) -> np.ndarray:
-    """Indices into a state vector laid out as `layout` ((name, size), ...) that pick `keys`, in `keys` order.
+    """Indices into a state vector laid out as `layout` that pick `keys`, in `keys` order.
 
     SpecError names the unknown keys and the layout's keys."""
-    offsets, start = {}, 0
-    for name, size in layout:
-        offsets[name] = np.arange(start, start + int(size))
-        start += int(size)
-    unknown = [k for k in keys if k not in offsets]
+    slices = state_slices(layout)
+    unknown = [k for k in keys if k not in slices]
     if unknown or not keys:
-        raise SpecError(f"state keys {list(keys)} are not a non-empty subset of the state's {list(offsets)}")
-    return np.concatenate([offsets[k] for k in keys])
+        raise SpecError(f"state keys {list(keys)} are not a non-empty subset of the state's {list(slices)}")
+    return np.concatenate([np.arange(slices[k].start, slices[k].stop) for k in keys])
 
 
 def observation_adapter(obs: ObsSpec, layout: StateLayout | None) -> Callable[[dict], dict]:

@@ -33,18 +33,10 @@ import math
 
 import numpy as np
 
+from irvs_ros.runtime.spec import state_slices
 from irvs_ros.sim.push_tasks import STATE_DIM, STATE_KEYS, FixtureGeometry
 
-
-def _slices() -> dict[str, slice]:
-    out, i = {}, 0
-    for k, n in STATE_KEYS:
-        out[k] = slice(i, i + n)
-        i += n
-    return out
-
-
-_S = _slices()
+_S = state_slices(STATE_KEYS)
 
 
 def _rot(v: np.ndarray, a: float) -> np.ndarray:

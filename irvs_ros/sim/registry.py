@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
+from irvs_ros.runtime.spec import StateLayout
 from irvs_ros.sim.leftmost import LeftmostEnv, LeftmostOracle
 from irvs_ros.sim.particle import ParticleEnv, ParticleOracle
 from irvs_ros.sim.push_oracle import InsertOracle, PushOracle
@@ -33,10 +34,10 @@ ENVS: dict[str, type[gym.Env]] = {"particle": ParticleEnv, "room": RoomEnv, "lef
 
 
 # How each environment's state vector is laid out, ((name, size), ...), where its entries have names.
-STATE_LAYOUTS: dict[str, tuple[tuple[str, int], ...]] = {"push": PUSH_STATE_KEYS, "push_insert": PUSH_STATE_KEYS}
+STATE_LAYOUTS: dict[str, StateLayout] = {"push": PUSH_STATE_KEYS, "push_insert": PUSH_STATE_KEYS}
 
 
-def state_layout(name: str | None) -> tuple[tuple[str, int], ...] | None:
+def state_layout(name: str | None) -> StateLayout | None:
     """The named layout of environment `name`'s state vector, or None where its entries have no names."""
     return STATE_LAYOUTS.get(name) if name else None
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from irvs_ros.runtime.spec import state_slices
 from irvs_ros.sim.push_tasks import STATE_KEYS as PUSH_STATE_KEYS
 from irvs_ros.sim.registry import Oracle, make_env, make_oracle
 
@@ -102,10 +103,7 @@ class DecoyGoal:
         self.distance = float(rng.uniform(lo, hi))
         self.side = 1.0 if rng.random() < 0.5 else -1.0
         self.angle = float(rng.uniform(-DECOY_PUSH_ANGLE, DECOY_PUSH_ANGLE))
-        offsets, i = {}, 0
-        for key, n in PUSH_STATE_KEYS:
-            offsets[key] = slice(i, i + n)
-            i += n
+        offsets = state_slices(PUSH_STATE_KEYS)
         self._block, self._goal_xy, self._goal_yaw = offsets["block_xy"], offsets["goal_xy"], offsets["goal_yaw"]
         self.hold_radius = 0.02
         self.decoy: np.ndarray | None = None
