@@ -25,7 +25,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +241,12 @@ class Trainer:
         if not last.exists():
             raise TrainError(f"--resume: no checkpoint at {last}")
         ckpt = load_checkpoint(last, map_location="cpu")
+        # Compared as saved (plain data: lists, not tuples); a key a checkpoint predates had its default then.
+        current, defaults = to_dict(self.config), {f.name: f for f in fields(TrainConfig)}
         for key in RESUME_FIXED_KEYS:
-            before, now = ckpt["config"].get(key), getattr(self.config, key)
+            field_ = defaults[key]
+            default = field_.default_factory() if field_.default_factory is not MISSING else field_.default
+            before, now = ckpt["config"].get(key, to_dict(default)), current[key]
             if before != now:
                 raise TrainError(f"--resume: {key} was {before!r} in {last}, the config now says {now!r}; "
                                  "start a new run instead")
