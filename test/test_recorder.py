@@ -304,3 +304,40 @@ def test_bad_parameters_are_clear(graph, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NodeConfigError, match="cannot create output_dir"):
         RecorderNode(**graph.node_kwargs(output_dir=str(tmp_path / "file" / "sub")))
+
+
+def test_stop_writes_the_backlog_of_a_recorder_that_fell_behind(graph, tmp_path):
+    """A recorder stalled (slow disk, starved CPU) while the robot publishes has a backlog queued when ~/stop is
+    served: the episode keeps every reliable message sent before the stop, none of those after."""
+    import threading
+
+    rec = tmp_path / "recordings"
+    recorder = graph.add(RecorderNode(**graph.node_kwargs(output_dir=str(rec), name_prefix="lag")))
+    pub = Publisher(graph, "fake_robot_lag")
+    caller = ServiceCaller(graph.context)
+    try:
+        pub.wait_matched()
+        assert call(caller, "start").success
+        sent0 = dict(pub.sent)
+        pub.run(20)
+        wait_counts(recorder, {JOINTS: 20, EE: 20, SETPOINT: 2})
+        answer: list[Trigger.Response] = []
+        with recorder._lock:  # the recorder stalls: its executor blocks, the messages below queue up
+            pub.run(50)
+            stopper = threading.Thread(target=lambda: answer.append(call(caller, "stop")))
+            stopper.start()
+            time.sleep(0.3)  # ~/stop is queued behind the stall too
+        stopper.join(timeout=15.0)
+        expected = {t: pub.sent[t] - sent0[t] for t in pub.sent}
+        pub.run(5)  # after ~/stop: not recorded
+    finally:
+        caller.close()
+        graph.remove(pub.node)
+        graph.remove(recorder)
+    assert answer and answer[0].success, answer
+    meta, msgs = read_bag(rec / "lag_0001")
+    counts = {t["topic_metadata"]["name"]: t["message_count"] for t in meta["topics_with_message_count"]}
+    assert (counts[JOINTS], counts[EE], counts[SETPOINT]) == (expected[JOINTS], expected[EE], expected[SETPOINT]) \
+        == (70, 70, 7), (counts, expected)
+    positions = [m.position[0] for m in msgs[JOINTS]]
+    assert np.all(np.diff(positions) > 0)  # in the order sent

@@ -7,7 +7,8 @@ leaves the interrupted one clearly marked `.partial`.
 
 Services (std_srvs/Trigger):
     ~/start         begin an episode (task and operator from the parameters at that moment); fails while recording
-    ~/stop          finish the episode with its current label
+    ~/stop          finish the episode with its current label (messages still queued when it is served, a lagging
+                    recorder's backlog, are written first)
     ~/mark_success  label the episode being recorded (or, when idle, the one that just finished) a success
     ~/mark_failure  ... a failure
     ~/discard       while recording: finish the episode as discarded; when idle: discard the one that just finished.
@@ -27,6 +28,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -114,9 +116,11 @@ class RecorderNode(Node):
         self.write_errors = 0
         self.last_error = ""
         self._index = self._next_index()
+        self._subs: dict[str, Subscription] = {}
         for key, (bag_topic, msg_type, _) in BAG_TOPICS.items():
             qos = RECORD_IMAGE_QOS if key == "image_topic" else RECORD_QOS
-            self.create_subscription(msg_type, p[key], lambda raw, t=bag_topic: self._on_raw(t, raw), qos, raw=True)
+            self._subs[bag_topic] = self.create_subscription(
+                msg_type, p[key], lambda raw, t=bag_topic: self._on_raw(t, raw), qos, raw=True)
         self._episode_pub = self.create_publisher(String, p["episode_topic"], EPISODE_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/start", self._on_start)
@@ -153,14 +157,35 @@ class RecorderNode(Node):
 
     def _on_raw(self, bag_topic: str, raw: bytes) -> None:
         with self._lock:
-            if self._writer is None:
-                return
-            try:
-                self._writer.write(bag_topic, self._now_ns(), raw)
-            except (BagError, OSError) as e:
-                self.write_errors += 1
-                self.last_error = str(e)
-                self.get_logger().error(f"writing {bag_topic} failed: {e}", throttle_duration_sec=1.0)
+            if self._writer is not None:
+                self._write(bag_topic, raw)
+
+    def _write(self, bag_topic: str, raw: bytes) -> None:
+        """Write one message at the node clock's now; the caller holds the lock and a writer is open."""
+        try:
+            self._writer.write(bag_topic, self._now_ns(), raw)
+        except (BagError, OSError) as e:
+            self.write_errors += 1
+            self.last_error = str(e)
+            self.get_logger().error(f"writing {bag_topic} failed: {e}", throttle_duration_sec=1.0)
+
+    def _drain(self) -> int:
+        """Write the messages still queued in the subscriptions (the caller holds the lock); returns how many.
+
+        A recorder that fell behind (a stall, a starved CPU) has a backlog in its deep history when ~/stop arrives,
+        and the executor serves the service before those queued messages: without this, the episode's last
+        seconds would be lost. Bounded by each subscription's history depth, so it ends even on a busy topic.
+        """
+        n = 0
+        for bag_topic, sub in self._subs.items():
+            for _ in range(sub.qos_profile.depth):
+                with sub.handle:
+                    taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                if taken is None:
+                    break
+                self._write(bag_topic, taken[0])
+                n += 1
+        return n
 
     def _publish_episode(self, info: EpisodeInfo | None) -> None:
         body = json.loads(info.to_json()) if info is not None else {}
@@ -199,6 +224,7 @@ class RecorderNode(Node):
             if writer is None:
                 resp.success, resp.message = False, "not recording"
                 return resp
+            drained = 0 if discarded else self._drain()
             self._writer = None
             try:
                 path = writer.finish(self._now_ns(), discarded=discarded)
@@ -212,6 +238,8 @@ class RecorderNode(Node):
             self.episodes_finished += 1
             self._publish_episode(writer.info)
         counts = ", ".join(f"{t} {n}" for t, n in writer.counts.items())
+        if drained:
+            counts += f" ({drained} still queued at stop, written before closing)"
         what = "discarded" if discarded else f"finished ({writer.info.outcome})"
         self.get_logger().info(f"{writer.name} {what}: {counts}")
         resp.success, resp.message = True, f"{writer.name} {what} at {path}"
