@@ -4,6 +4,7 @@ actually moves)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,13 @@ import pytest
 import torch
 
 from irvs_ros.data.store import DatasetWriter
-from irvs_ros.learn.batches import image_and_state, image_only, random_shift
+from irvs_ros.learn.aux_state import aux_targets
+from irvs_ros.learn.batches import image_and_state, image_only, random_shift, state_only
 from irvs_ros.learn.checkpoint import load_for_export
 from irvs_ros.learn.config_schema import ConfigError
 from irvs_ros.learn.export import export_policy
 from irvs_ros.learn.train_config import config_from_dict
-from irvs_ros.learn.trainer import train
+from irvs_ros.learn.trainer import TrainError, train
 from irvs_ros.runtime.policy_file import load_policy
 from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec, SpecError, observation_adapter
 
@@ -68,7 +70,21 @@ def test_image_only_needs_images_and_drops_state_statistics():
     with pytest.raises(ConfigError, match="image_shift"):
         config_from_dict({"dataset": "d.h5", "algorithm": "mse", "image_shift": -1})
     with pytest.raises(ConfigError, match="observation"):
-        config_from_dict({"dataset": "d.h5", "algorithm": "mse", "observation": "state"})
+        config_from_dict({"dataset": "d.h5", "algorithm": "mse", "observation": "depth"})
+    state = state_only(spec)
+    assert state.obs.state_dim == 2 and state.obs.image_shape is None and state.stats == spec.stats
+    with pytest.raises(SpecError, match="needs a dataset with a state"):
+        state_only(image_only(spec))
+
+
+def test_state_observation_trains_a_state_policy_from_a_pixel_dataset(dataset, tmp_path):
+    torch.set_num_threads(1)
+    cfg = config_from_dict({"dataset": str(dataset), "algorithm": "mse", "observation": "state", "steps": 2,
+                            "batch_size": 8, "log_every": 1, "checkpoint_every": 2,
+                            "params": {"width": 8, "depth": 2}})
+    algo, _, _ = load_for_export(train(cfg, tmp_path / "run").run_dir)
+    assert algo.spec.obs.state_dim == 3 and algo.spec.obs.image_shape is None
+    assert algo.predict({"state": np.zeros((2, 3), np.float32)}, np.random.default_rng(0)).shape == (2, 1)
 
 
 def test_random_shift_moves_content_reproducibly_and_replicates_edges():
@@ -140,3 +156,79 @@ def test_state_keys_errors():
         observation_adapter(with_hint.obs, None)
     with pytest.raises(ConfigError, match="only with observation 'image'"):
         config_from_dict({"dataset": "d.h5", "algorithm": "mse", "state_keys": ["hint"]})
+
+
+@pytest.fixture(scope="module")
+def located_dataset(tmp_path_factory) -> Path:
+    """Images of a bright square at a random place; the state records where it is and an angle (layout
+    position (2,), turn_yaw (1,)); the action is unrelated noise. Nothing but the auxiliary loss ties the
+    encoder's features to the square's position."""
+    rng = np.random.default_rng(3)
+    path = tmp_path_factory.mktemp("data") / "located.h5"
+    meta = {"action_limits": {"low": [-1.0], "high": [1.0]}, "state_layout": [["position", 2], ["turn_yaw", 1]]}
+    with DatasetWriter(str(path), obs_spec=ObsSpec(3, (H, W, 3)).to_dict(), action_dim=1, meta=meta) as writer:
+        for _ in range(8):
+            rows, cols = rng.integers(0, H - 4, size=16), rng.integers(0, W - 4, size=16)
+            images = np.zeros((16, H, W, 3), np.uint8)
+            for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+                images[i, r:r + 4, c:c + 4] = 255
+            state = np.stack([rows, cols, rng.uniform(-np.pi, np.pi, 16)], 1).astype(np.float32)
+            writer.add_episode(state=state, image=images, action=rng.uniform(-1, 1, (16, 1)).astype(np.float32),
+                               reward=np.ones(16, np.float32), success=True)
+    return path
+
+
+def test_aux_targets_turn_yaws_into_cos_sin():
+    state = np.array([[1.0, 2.0, np.pi], [3.0, 4.0, -np.pi / 2]])
+    out = aux_targets(state, (("position", 2), ("turn_yaw", 1)))
+    assert out.dtype == np.float32 and np.allclose(out, [[1, 2, -1, 0], [3, 4, 0, -1]], atol=1e-6)
+    assert np.array_equal(aux_targets(state, None), state.astype(np.float32))
+
+
+def _aux_config(path: Path, steps: int, weight: float) -> dict:
+    return {"dataset": str(path), "algorithm": "ebm_dfo", "observation": "image", "aux_state_weight": weight,
+            "steps": steps, "batch_size": 32, "lr": 3e-3, "log_every": 50, "checkpoint_every": steps, "seed": 4,
+            "params": {"width": 16, "depth": 2, "num_counter_examples": 4, "dfo_samples": 32,
+                       "image_channels": [8, 8]}}
+
+
+def test_aux_state_loss_teaches_the_encoder_where_things_are_and_stays_out_of_the_policy(located_dataset, tmp_path):
+    torch.set_num_threads(1)
+    result = train(config_from_dict(_aux_config(located_dataset, 300, 1.0)), tmp_path / "aux")
+    rows = [r for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"]
+    # Standardized targets: 1.0 is predicting the mean; the position is learnt, the random angle is not.
+    assert rows[0]["aux_state_mse"] > 0.8 and rows[-1]["aux_state_mse"] < 0.6, [r["aux_state_mse"] for r in rows]
+    assert all(r["loss"] > r["info_nce"] for r in rows)
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["extra"]["aux_head"]["linear.weight"].shape == (4, 16)  # position (2) + cos, sin; 16 keypoints
+    algo, config, fingerprint = load_for_export(result.run_dir)
+    assert config["aux_state_weight"] == 1.0 and not any(k.startswith("aux") for k in algo.state_dict())
+    policy = load_policy(export_policy(algo, tmp_path / "p.onnx", train_config=config,
+                                       dataset_fingerprint=fingerprint))
+    assert policy.spec.obs.state_dim == 0  # the policy sees the image alone
+    action = policy.act({"image": np.zeros((2, H, W, 3), np.uint8)}, np.random.default_rng(0))
+    assert action.shape == (2, 1) and np.isfinite(action).all()
+
+
+def test_aux_state_loss_resumes_bit_identically_and_needs_a_state(located_dataset, dataset, tmp_path):
+    torch.set_num_threads(1)
+    straight = train(config_from_dict(_aux_config(located_dataset, 6, 0.5)), tmp_path / "straight")
+    train(config_from_dict(_aux_config(located_dataset, 3, 0.5)), tmp_path / "split")
+    split = train(config_from_dict(_aux_config(located_dataset, 6, 0.5)), tmp_path / "split", resume=True)
+    a, b = (torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=False) for r in (straight, split))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["extra"]["aux_head"]:
+        assert torch.equal(a["extra"]["aux_head"][key], b["extra"]["aux_head"][key]), key
+    with pytest.raises(TrainError, match="aux_state_weight was"):
+        train(config_from_dict(_aux_config(located_dataset, 9, 0.0)), tmp_path / "split", resume=True)
+    with pytest.raises(ConfigError, match="aux_state_weight"):
+        config_from_dict(_aux_config(located_dataset, 1, -1.0))
+    imageless = tmp_path / "images_only.h5"
+    with DatasetWriter(str(imageless), obs_spec=ObsSpec(0, (H, W, 3)).to_dict(), action_dim=1,
+                       meta={"action_limits": {"low": [-1.0], "high": [1.0]}}) as writer:
+        writer.add_episode(image=np.zeros((4, H, W, 3), np.uint8), action=np.zeros((4, 1), np.float32),
+                           reward=np.ones(4, np.float32), success=True)
+    with pytest.raises(TrainError, match="records no state"):
+        train(config_from_dict({**_aux_config(imageless, 1, 1.0)}), tmp_path / "none")

@@ -60,6 +60,13 @@ def image_only(spec: PolicySpec) -> PolicySpec:
     return dataclasses.replace(spec, obs=ObsSpec(0, spec.obs.image_shape, ()), stats=stats)
 
 
+def state_only(spec: PolicySpec) -> PolicySpec:
+    """`spec` observing its state alone (the image dropped): a state policy from a dataset that also has images."""
+    if spec.obs.state_dim == 0:
+        raise SpecError("observation 'state' needs a dataset with a state (this one observes images only)")
+    return dataclasses.replace(spec, obs=ObsSpec(spec.obs.state_dim, None, spec.obs.state_keys))
+
+
 def dataset_state_layout(ds: Any) -> StateLayout | None:
     """How dataset `ds`'s state vector is laid out: meta["state_layout"], else its env's (None when unnamed)."""
     from irvs_ros.sim.registry import state_layout
@@ -142,8 +149,9 @@ class InMemoryBatches:
     """The training arrays as torch tensors, sampled uniformly over steps with a caller-owned torch.Generator.
 
     tensors: "state" (N, S) float32, "image" (N, H, W, 3) uint8, "action" (N, A) float32, "return" (N,) float32,
-    each only when the spec / dataset has it. Tensors live on `device` (indices are drawn on the CPU generator
-    so the sample stream is the same on every device).
+    "aux_state" (N, T) float32 (auxiliary targets, learn.aux_state), each only when the spec / arrays have it.
+    Tensors live on `device` (indices are drawn on the CPU generator so the sample stream is the same on every
+    device).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], spec: PolicySpec, device: torch.device | str = "cpu") -> None:
@@ -156,8 +164,7 @@ class InMemoryBatches:
         missing = [k for k in wanted if k not in arrays]
         if missing:
             raise SpecError(f"dataset lacks {missing} needed by the policy spec (has {sorted(arrays)})")
-        if "return" in arrays:
-            wanted.append("return")
+        wanted += [k for k in ("return", "aux_state") if k in arrays]
         n = len(arrays["action"])
         if n == 0:
             raise ValueError("the dataset (after filtering) holds no steps to train on")

@@ -66,10 +66,14 @@ class TrainConfig:
     keep_top_fraction: keep only this fraction of episodes, ranked by episode return (1.0 keeps all; IBC's
         return-filtered BC keeps the top 0.5).
     observation: "all" trains on everything the dataset observes; "image" on the camera image alone (a pixel
-        policy that needs no state at run time, like the robot graph's policy_node), ignoring the dataset's state.
+        policy that needs no state at run time, like the robot graph's policy_node), ignoring the dataset's state;
+        "state" on the state alone, ignoring the dataset's images (a state policy from a pixel dataset).
     state_keys: with observation "image", named entries of the dataset's state the policy sees besides the image
         (e.g. [setpoint_xy], the effector's commanded position, which the robot graph's policy node has); the
         dataset's meta["state_layout"] or its env names them. Empty: the image alone.
+    aux_state_weight: weight of a training-only loss regressing the dataset's whole recorded state (block and
+        fixture poses in simulation; yaws as cos/sin) linearly from the observation features (learn.aux_state);
+        teaches a pixel encoder where things are. 0 = off. Not part of the exported policy.
     image_shift: random-shift augmentation of training images by up to this many pixels (edge-replicated,
         per sample; 0 = off). A regularizer for pixel policies trained on few demonstrations.
     control_rate_hz: decisions per second recorded in the policy spec; None takes the dataset's
@@ -94,9 +98,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None
     keep_top_fraction: float = 1.0
-    observation: Literal["all", "image"] = "all"
+    observation: Literal["all", "image", "state"] = "all"
     state_keys: tuple[str, ...] = ()
     image_shift: int = 0
+    aux_state_weight: float = 0.0
     control_rate_hz: float | None = None
     device: str = "auto"
     log_every: int = 100
@@ -128,6 +133,8 @@ class TrainConfig:
                               f"got state_keys {list(self.state_keys)} with observation {self.observation!r}")
         if len(set(self.state_keys)) != len(self.state_keys):
             raise ConfigError(f"state_keys: each key once, got {list(self.state_keys)}")
+        if not (math.isfinite(self.aux_state_weight) and self.aux_state_weight >= 0):
+            raise ConfigError(f"aux_state_weight: must be finite and >= 0, got {self.aux_state_weight}")
         if self.image_shift < 0:
             raise ConfigError(f"image_shift: must be >= 0 pixels, got {self.image_shift}")
         if self.control_rate_hz is not None and self.control_rate_hz <= 0:

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from irvs_ros.learn.algorithms.base import Algorithm, make_algorithm
+from irvs_ros.learn.aux_state import AuxStateHead, FeatureTap, aux_targets
 from irvs_ros.learn.batches import (
     InMemoryBatches,
     dataset_state_layout,
@@ -43,6 +44,7 @@ from irvs_ros.learn.batches import (
     policy_spec_from_dataset,
     random_shift,
     select_top_episodes,
+    state_only,
 )
 from irvs_ros.learn.checkpoint import (
     LAST_NAME,
@@ -59,7 +61,7 @@ from irvs_ros.learn.train_config import TrainConfig, check_algorithm_params, sav
 log = logging.getLogger("irvs_ros.train")
 
 # Config keys that must not change when a run is resumed (the weights or the data would not match).
-RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction", "observation", "state_keys")
+RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction", "observation", "state_keys", "aux_state_weight")
 
 
 class TrainError(RuntimeError):
@@ -162,14 +164,27 @@ def parameter_digest(module: nn.Module) -> str:
 
 
 class LossModule(nn.Module):
-    """Routes `compute_loss` through `forward`, so DistributedDataParallel sees the loss computation."""
+    """Routes `compute_loss` through `forward`, so DistributedDataParallel sees the loss computation.
 
-    def __init__(self, algorithm: Algorithm) -> None:
+    With `aux` (an AuxStateHead), adds `aux_weight` x its regression loss of batch["aux_state"] from the features
+    the algorithm's encoder produced for this batch (logged as "aux_state_mse").
+    """
+
+    def __init__(self, algorithm: Algorithm, aux: AuxStateHead | None = None, aux_weight: float = 0.0) -> None:
         super().__init__()
-        self.algorithm = algorithm
+        self.algorithm, self.aux, self.aux_weight = algorithm, aux, float(aux_weight)
+        self._tap = FeatureTap(algorithm.encoder) if aux is not None else None
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return self.algorithm.compute_loss(batch, generator)
+        if self._tap is None:
+            return self.algorithm.compute_loss(batch, generator)
+        self._tap.reset()
+        losses = self.algorithm.compute_loss(batch, generator)
+        if self._tap.features is None:
+            raise TrainError(f"{self.algorithm.name}.compute_loss did not run its encoder: no features for the "
+                             "auxiliary state loss")
+        aux = self.aux.loss(self._tap.features, batch["aux_state"])
+        return {**losses, "loss": losses["loss"] + self.aux_weight * aux, "aux_state_mse": aux.detach()}
 
 
 class MetricsLog:
@@ -263,12 +278,19 @@ class Trainer:
                              f"was trained on {self.ckpt['dataset_fingerprint']}")
         self.spec = policy_spec_from_dataset(self.dataset, cfg.control_rate_hz)
         arrays = select_top_episodes(self.dataset.arrays(), self.dataset.episode_ends, cfg.keep_top_fraction)
+        if cfg.aux_state_weight > 0:
+            if "state" not in arrays:
+                raise TrainError(f"aux_state_weight {cfg.aux_state_weight}: dataset {cfg.dataset!r} records no state "
+                                 "to regress")
+            arrays["aux_state"] = aux_targets(arrays["state"], dataset_state_layout(self.dataset))
         if cfg.observation == "image" and cfg.state_keys:
             layout = dataset_state_layout(self.dataset)
             self.spec, columns = image_and_state(self.spec, tuple(cfg.state_keys), layout)
             arrays["state"] = arrays["state"][:, columns]  # fancy indexing copies
         elif cfg.observation == "image":
             self.spec = image_only(self.spec)
+        elif cfg.observation == "state":
+            self.spec = state_only(self.spec)
 
         # Same seed on every rank, so every rank builds identical initial weights.
         seed_everything(cfg.seed)
@@ -276,6 +298,9 @@ class Trainer:
         self.algorithm.fit_dataset(arrays)
         self.algorithm.to(ctx.device)
         self.trainable = self.algorithm.trainable
+        self.aux: AuxStateHead | None = None
+        if cfg.aux_state_weight > 0 and self.trainable:
+            self.aux = AuxStateHead(self.algorithm.encoder.out_dim, arrays["aux_state"]).to(ctx.device)
         self.batches = InMemoryBatches(arrays, self.spec, ctx.device) if self.trainable else None
         self.num_train_steps = len(arrays["action"])
 
@@ -286,7 +311,8 @@ class Trainer:
 
         self.optimizer = self.scheduler = None
         if self.trainable:
-            self.optimizer = torch.optim.Adam(self.algorithm.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+            trained = list(self.algorithm.parameters()) + (list(self.aux.parameters()) if self.aux else [])
+            self.optimizer = torch.optim.Adam(trained, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                               weight_decay=cfg.weight_decay)
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_decay_every,
                                                              gamma=cfg.lr_decay)
@@ -298,7 +324,7 @@ class Trainer:
 
         self.loss_module: nn.Module | None = None
         if self.trainable:
-            self.loss_module = LossModule(self.algorithm)
+            self.loss_module = LossModule(self.algorithm, self.aux, cfg.aux_state_weight)
             if ctx.distributed:
                 from torch.nn.parallel import DistributedDataParallel
 
@@ -309,6 +335,8 @@ class Trainer:
     def _restore(self, ckpt: dict[str, Any]) -> None:
         ctx = self.ctx
         self.algorithm.load_state_dict(ckpt["model"])
+        if self.aux is not None:
+            self.aux.load_state_dict((ckpt.get("extra") or {})["aux_head"])
         if self.trainable:
             if ckpt.get("optimizer") is None or ckpt.get("scheduler") is None:
                 raise CheckpointError(f"{ckpt['path']} has no optimizer/scheduler state to resume from")
@@ -355,7 +383,9 @@ class Trainer:
                             dataset_fingerprint=self.fingerprint, optimizer=self.optimizer, scheduler=self.scheduler,
                             rng=rng, copies=[self.ckpt_dir / LAST_NAME],
                             extra={"world_size": self.ctx.world_size, "train_metrics": self.last_train,
-                                   "eval_metrics": self.last_eval, **(extra or {})})
+                                   "eval_metrics": self.last_eval, **(extra or {}),
+                                   **({"aux_head": {k: v.detach().cpu() for k, v in self.aux.state_dict().items()}}
+                                      if self.aux is not None else {})})
         self._barrier()
         return path
 
