@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -311,15 +312,20 @@ class Probe:
         self.graph.__exit__(None, None, None)
 
 
-def _wait(pred: Any, timeout: float, what: str, procs: list[Proc]) -> None:
+def _wait(pred: Any, timeout: float, what: str | Callable[[], str], procs: list[Proc]) -> None:
+    """Poll `pred` until true; a child exiting or `timeout` s passing raises with the children's last lines
+    (`what` names what is awaited; a callable is evaluated then, to report the state at the time)."""
     deadline = time.monotonic() + timeout
     while not pred():
+        if callable(what) and (time.monotonic() > deadline or any(p.popen.poll() is not None for p in procs)):
+            what = what()
         for p in procs:
             if p.popen.poll() is not None:
                 raise RuntimeError(f"{p.name} exited with status {p.popen.returncode} while waiting for {what}:\n"
                                    + "\n".join(p.lines[-30:]))
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+            tails = "".join(f"\n--- {p.name} (last lines):\n" + "\n".join(p.lines[-12:]) for p in procs)
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}{tails}")
         time.sleep(0.05)
 
 
@@ -459,7 +465,9 @@ def run_interpolator_part(args: argparse.Namespace, env: dict[str, str], model: 
         procs.append(feeder_proc)
         _wait(lambda: "running" in feeder_proc.lines, 60, "the interpolator's first joint command", procs)
         if not args.no_load:
-            _wait(lambda: _num(probe.diag("policy_node"), "decisions") >= 3, 120, "the load policy deciding", procs)
+            _wait(lambda: _num(probe.diag("policy_node"), "decisions") >= 3, 120,
+                  lambda: f"the load policy deciding (its diagnostics: {probe.diag('policy_node') or 'none seen'}; "
+                          f"diagnostics from {sorted(probe.diags)})", procs)
         _wait(lambda: probe.diag("interpolator_node").get("timed_ticks") is not None, 30,
               "interpolator diagnostics", procs)
         time.sleep(args.settle)
