@@ -34,16 +34,20 @@ MAX_DELTA = 0.02
 START = (0.4, 0.0)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
+def tiny_irvs(path, dfo_samples: int) -> str:
     """An untrained IRvS image policy with DFO argmin: deltas within +-0.022 m, a return column."""
     torch.manual_seed(0)
     stats = NormStats((), (), (-MAX_DELTA, -MAX_DELTA), (MAX_DELTA, MAX_DELTA), 0.0, 1.0)
     lim = 1.1 * MAX_DELTA
     spec = PolicySpec(ObsSpec(0, IMAGE_SHAPE, ()), 2, stats, (-lim, -lim), (lim, lim), 5.0)
     algo = make_algorithm("irvs", spec, {"width": 16, "depth": 2, "method": "dfo", "num_counter_examples": 8,
-                                         "dfo_samples": 64})
-    return str(export_policy(algo, tmp_path_factory.mktemp("policy") / "tiny_irvs.onnx"))
+                                         "dfo_samples": dfo_samples})
+    return str(export_policy(algo, path))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return tiny_irvs(tmp_path_factory.mktemp("policy") / "tiny_irvs.onnx", dfo_samples=64)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def graph(model):
     with InProcessGraph(domain_id=DOMAIN) as g:
         g.policy = g.add(PolicyNode(**g.node_kwargs(use_sim_time=True, model=model, eta_inv=1.0,
                                                     start_from_ee_pose=False, start_xy=list(START))))
-        probe = g.add(Node("probe", context=g.context))
+        g.probe = probe = g.add(Node("probe", context=g.context))
         g.clock = ClockDriver(probe, step=0.01, rate=2.0)
         g.images = probe.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR_QOS)
         g.setpoints = TopicLog(probe, PoseStamped, "/irvs/setpoint", LOG_QOS)
@@ -126,3 +130,33 @@ def test_missing_or_bad_model_is_a_clear_error(graph, tmp_path):
         PolicyNode(**graph.node_kwargs())
     with pytest.raises(NodeConfigError, match="policy_node: .*nope.onnx"):
         PolicyNode(**graph.node_kwargs(model=str(tmp_path / "nope.onnx")))
+
+
+def test_diagnostics_keep_coming_while_decisions_saturate_the_node(graph, tmp_path):
+    """Spun as its console script spins it (2 threads), a node whose decision timer is always due (period shorter
+    than a decision: ~10 ms of DFO over 16k samples) still publishes diagnostics at their period, and they report
+    the decisions it makes. (With the diagnostics timer in the decision's callback group none came at all.)"""
+    slow = tiny_irvs(tmp_path / "slow_irvs.onnx", dfo_samples=16384)
+    busy = graph.add(PolicyNode(
+        **graph.node_kwargs(model=slow, period=0.0005, diagnostics_period=0.1, max_image_age=60.0,
+                            start_from_ee_pose=False, start_xy=list(START), image_topic="/busy/image",
+                            setpoint_topic="/busy/setpoint"),
+        cli_args=["--ros-args", "-r", "__node:=policy_busy"]), threads=2)
+    try:
+        images = graph.probe.create_publisher(Image, "/busy/image", SENSOR_QOS)
+        deadline = time.monotonic() + 10
+        while not images.get_subscription_count():
+            assert time.monotonic() < deadline, "DDS discovery did not match the busy policy node"
+            time.sleep(0.01)
+        decided = time.monotonic() + 10
+        while busy.decisions < 5:  # images (wall-clock stamps, as the node's clock) until it acts
+            assert time.monotonic() < decided, f"the busy policy node made no decisions: {busy.last_error!r}"
+            images.publish(image_msg(graph.frame, stamp_of(time.time()), "camera_color_optical_frame"))
+            time.sleep(0.05)
+        seen0 = time.monotonic()
+        time.sleep(1.0)
+        mine = [s for d in graph.diags.messages for s in d.status if s.name.startswith("policy_busy")]
+        assert len(mine) >= 4, f"{len(mine)} diagnostics in {time.monotonic() - seen0:.1f} s (period 0.1 s)"
+        assert int(diagnostic_values(mine[-1])["decisions"]) >= 5
+    finally:
+        graph.remove(busy)

@@ -396,12 +396,18 @@ class EpisodeRunner:
             frames = self._recorder.stop(math.inf) if video is not None else []
         written = str(write_episode_video(frames, video)) if video is not None else None
         steps = int(state["episode_steps"])
-        deadline = time.monotonic() + 1.0  # the last decision's setpoint may still be on its way here
-        while len(self._setpoints.stamps()) < steps and time.monotonic() < deadline:
-            time.sleep(0.02)
-        # Decisions carried out: up to the end (the one made at the end time is never carried out).
+        # Decisions carried out: after the start and before the end (the one made at the end time is never carried
+        # out; one made at the previous episode's end, t0 + DECISION_NS, may reach us after this one started).
         end_time = float(state["sim_time"])
-        stamps = np.array([t for t in self._setpoints.stamps() if t < end_time - 0.5 * self.decision_period])
+        window = (t0 + 0.5 * self.decision_period, end_time - 0.5 * self.decision_period)
+
+        def carried_out() -> np.ndarray:
+            return np.array([t for t in self._setpoints.stamps() if window[0] < t < window[1]])
+
+        deadline = time.monotonic() + 1.0  # the last decision's setpoint may still be on its way here
+        while len(carried_out()) < steps and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stamps = carried_out()
         n = np.round((stamps - t0) / self.decision_period)
         on_time = int(np.sum((n >= 1) & (np.abs(stamps - t0 - n * self.decision_period - DECISION_NS * 1e-9) < 5e-7)))
         details = {k: float(state[k]) for k in ("goal_distance", "inserted_fraction") if k in state}

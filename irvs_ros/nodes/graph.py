@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import Executor, SingleThreadedExecutor
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -31,14 +31,17 @@ def overrides(**params: Any) -> list[Parameter]:
     return [Parameter(k.replace("__", "."), value=v) for k, v in params.items()]
 
 
-def make_executor(context: Context | None = None, events: bool = False) -> Executor:
-    """A SingleThreadedExecutor, or with `events` rclpy's experimental EventsExecutor when this rclpy has it.
+def make_executor(context: Context | None = None, events: bool = False, threads: int = 1) -> Executor:
+    """A SingleThreadedExecutor; with threads > 1 a MultiThreadedExecutor (as the nodes' console scripts spin);
+    with `events` rclpy's experimental EventsExecutor when this rclpy has it.
 
     The EventsExecutor dispatches from C++ (more messages per second) but, with these wheels, deadlocked in
     tests: creating entities on a node it spins from another thread, and a service call from another thread
     of the same process to a node it spins, both hung. Use it only for nodes whose entities all exist before
     `add` and that are not called in-process.
     """
+    if threads > 1:
+        return MultiThreadedExecutor(num_threads=threads, context=context)
     if not events:
         return SingleThreadedExecutor(context=context)
     try:
@@ -74,10 +77,10 @@ class InProcessGraph:
         """Keyword arguments for a Node constructor on this graph's context, with parameter overrides."""
         return {"context": self.context, "parameter_overrides": overrides(**params)}
 
-    def add(self, node: N, events: bool = False) -> N:
+    def add(self, node: N, events: bool = False, threads: int = 1) -> N:
         """Spin `node` in its own executor thread (one node's slow callback never delays another node);
-        events=True: with the EventsExecutor (see `make_executor`)."""
-        executor = make_executor(self.context, events)
+        events=True: with the EventsExecutor, threads > 1: a MultiThreadedExecutor (see `make_executor`)."""
+        executor = make_executor(self.context, events, threads)
         executor.add_node(node)
         stop = threading.Event()
         thread = threading.Thread(target=_spin_until, args=(executor, self.context, stop),

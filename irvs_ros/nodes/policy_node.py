@@ -140,7 +140,10 @@ class PolicyNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._timer = self.create_timer(p["period"], self._decide)
         self.create_service(SetBool, "~/enable", self._on_enable)  # default group: never during a decision
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        # Its own group: a decision that takes longer than the period keeps the default group's timer always ready,
+        # which would starve a diagnostics timer sharing that group (no diagnostics while acting).
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(f"loaded {self.policy!r}")
 
     @staticmethod
@@ -258,7 +261,7 @@ class PolicyNode(Node):
             level, message = DIAG_WARN, "holding: no fresh image"
         else:
             level, message = DIAG_OK, "acting"
-        comp, e2e = list(self._compute), list(self._end_to_end)
+        comp, e2e = list(self._compute), list(self._end_to_end)  # one C call each: atomic beside _decide's appends
         values = {
             "decisions": self.decisions, "stale_holds": self.stale_holds, "errors": self.errors,
             "latency_compute_p50_ms": percentile_ms(comp, 50), "latency_compute_p99_ms": percentile_ms(comp, 99),
