@@ -409,7 +409,9 @@ def measure(name: str, procs: list[Proc], probe: Probe, duration: float, start_s
         "duration_s": round(wall, 1), "interpolator": interp,
         "setpoints": {"published": published, "seen_by_probe": seen, "received": interp.get("setpoints_received"),
                       "applied": applied, "superseded": interp.get("setpoints_superseded"),
-                      "missed": (published - applied) if isinstance(published, int) else None},
+                      # >= 0: with the probe as the count (graph part), a setpoint the interpolator took between
+                      # its statistics reset and the probe's start is applied but not counted as published.
+                      "missed": max(0, published - applied) if isinstance(published, int) else None},
         "probe": _receive_stats(recv, stamps),
         "cpu_fraction_of_one_core": {k: round(v, 3) for k, v in cpu.items()},
         "core_busy_fraction": [round(c, 3) for c in cores],
