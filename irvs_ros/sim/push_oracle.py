@@ -53,8 +53,12 @@ class PushOracle:
     """IBC's oriented push oracle. Call `reset()` at every episode start; input {"state": (10,)}."""
 
     def __init__(self, control_period: float = 0.2, noise_std: float = 0.0,
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, pre_push_tol: float = 1e-3) -> None:
+        if not pre_push_tol > 0:
+            raise ValueError(f"pre_push_tol must be > 0 (m), got {pre_push_tol!r}")
         self.period = float(control_period)
+        # Distance (m) of the setpoint from the pre-push point at which the approach ends and the push starts.
+        self.pre_push_tol = float(pre_push_tol)
         self.noise_std = float(noise_std)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         # IBC's numbers.
@@ -137,7 +141,7 @@ class PushOracle:
         if self.phase == "move_to_pre_block":
             delta = pre_block - ee
             stalled = self._last_ee is not None and np.linalg.norm(ee - self._last_ee) < 5e-4 and self._stalls >= 2
-            if np.linalg.norm(delta) < 1e-3 or stalled:
+            if np.linalg.norm(delta) < self.pre_push_tol or stalled:
                 # `stalled`: the envelope keeps the setpoint from the pre-push point (block near the workspace
                 # edge); push from as close as it gets rather than wait forever.
                 self.phase = "move_to_block"
@@ -186,8 +190,8 @@ class InsertOracle(PushOracle):
 
     def __init__(self, control_period: float = 0.2, noise_std: float = 0.0, rng: np.random.Generator | None = None,
                  block_size: float = 0.04, pocket: float = 0.042, fixture: FixtureGeometry | None = None,
-                 tool_radius: float = 0.01) -> None:
-        super().__init__(control_period, noise_std, rng)
+                 tool_radius: float = 0.01, pre_push_tol: float = 1e-3) -> None:
+        super().__init__(control_period, noise_std, rng, pre_push_tol)
         self.block_size = float(block_size)
         self.pocket = float(pocket)
         f = fixture or FixtureGeometry()
