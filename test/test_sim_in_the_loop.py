@@ -28,8 +28,9 @@ MODEL = ROOT / "models" / "push_insert.onnx"
 EPISODES = 2
 FIRST_SEED = 1000          # as `irvs eval --seed 1000`: the same scenes without ROS
 # The shipped model (models/push_insert.md) inserts in 8/20 gym episodes at seeds 1000.. but 0/4 on the graph at
-# seeds 1000-1003 (the graph's interpolator and IK lie between setpoint and arm), so on these seeds this test checks
-# the graph's mechanics on the real file, not a success rate. Raise these once the graph reaches the gym's rate.
+# seeds 1000-1003 (likely: the graph's interpolator and IK lie between setpoint and arm), so on these seeds this
+# test checks the graph's mechanics on the real file, not a success rate. Raise these once the graph reaches the
+# gym's rate.
 MEASURED_SUCCESSES = 0     # successes of the shipped model in these EPISODES (measured 2026-12-03: 0/4)
 MARGIN = 0                 # episodes below the measured count that still pass (see the module docstring)
 # A lockstep wait that times out (2 s) lets the sim go on; a few happen while the node processes warm up on a

@@ -373,7 +373,9 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
     a node with a real-time thread of its own and only quick callbacks (the interpolator) spins single-threaded.
     A NodeConfigError (bad parameter) prints one clear line and exits with status 2.
     """
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
+
+    from irvs_ros.nodes.graph import make_executor
 
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
@@ -383,7 +385,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
         except NodeConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor = make_executor(threads=threads)
         executor.add_node(node)
         try:
             executor.spin()

@@ -41,6 +41,8 @@ def make_executor(context: Context | None = None, events: bool = False, threads:
     `add` and that are not called in-process.
     """
     if threads > 1:
+        if events:
+            raise ValueError("make_executor: the EventsExecutor is single-threaded; pass events or threads > 1")
         return MultiThreadedExecutor(num_threads=threads, context=context)
     if not events:
         return SingleThreadedExecutor(context=context)

@@ -37,6 +37,7 @@ from irvs_ros.runtime.spec import state_slices
 from irvs_ros.sim.push_tasks import STATE_DIM, STATE_KEYS, FixtureGeometry
 
 _S = state_slices(STATE_KEYS)
+PRE_PUSH_TOL = 1e-3  # m: setpoint distance from the pre-push point that ends the approach (the oracles' default)
 
 
 def _rot(v: np.ndarray, a: float) -> np.ndarray:
@@ -53,7 +54,7 @@ class PushOracle:
     """IBC's oriented push oracle. Call `reset()` at every episode start; input {"state": (10,)}."""
 
     def __init__(self, control_period: float = 0.2, noise_std: float = 0.0,
-                 rng: np.random.Generator | None = None, pre_push_tol: float = 1e-3) -> None:
+                 rng: np.random.Generator | None = None, pre_push_tol: float = PRE_PUSH_TOL) -> None:
         if not pre_push_tol > 0:
             raise ValueError(f"pre_push_tol must be > 0 (m), got {pre_push_tol!r}")
         self.period = float(control_period)
@@ -190,7 +191,7 @@ class InsertOracle(PushOracle):
 
     def __init__(self, control_period: float = 0.2, noise_std: float = 0.0, rng: np.random.Generator | None = None,
                  block_size: float = 0.04, pocket: float = 0.042, fixture: FixtureGeometry | None = None,
-                 tool_radius: float = 0.01, pre_push_tol: float = 1e-3) -> None:
+                 tool_radius: float = 0.01, pre_push_tol: float = PRE_PUSH_TOL) -> None:
         super().__init__(control_period, noise_std, rng, pre_push_tol)
         self.block_size = float(block_size)
         self.pocket = float(pocket)
