@@ -391,6 +391,11 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except Exception:
+            # Ctrl-C shuts the context down under a callback being taken (seen: a subscription's take_message
+            # raising RuntimeError in the single-threaded executor): a normal stop, not a failure.
+            if rclpy.ok():
+                raise
         return 0
     finally:
         if node is not None:

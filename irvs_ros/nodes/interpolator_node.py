@@ -245,6 +245,8 @@ class InterpolatorNode(Node):
         try:
             self._loop()
         except Exception as e:  # a dead control loop must be visible, not silent
+            if not self.context.ok():
+                return  # rclpy was shut down under the loop (Ctrl-C): a normal stop, not a failure
             self.error = f"{type(e).__name__}: {e}"
             self.get_logger().error(f"control loop stopped: {self.error}")
         finally:
