@@ -364,14 +364,16 @@ def percentile_ms(samples: Iterable[float], q: float) -> float:
 # --------------------------------------------------------------------------------------------- main()
 
 
-def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 2) -> int:
+def run_node(factory: Callable[[], Node], args: list[str] | None = None,
+             threads: int | Callable[[Node], int] = 2) -> int:
     """Console-script body: init rclpy, build the node, spin an executor until Ctrl-C: multi-threaded with
     `threads` > 1, else single-threaded.
 
     This rclpy's MultiThreadedExecutor busy-loops while a callback it handed to its pool has not started (it
     yields the pending task again without waiting; fixed upstream in ros2/rclpy#1547), holding the GIL meanwhile:
     a node with a real-time thread of its own and only quick callbacks (the interpolator) spins single-threaded.
-    A NodeConfigError (bad parameter) prints one clear line and exits with status 2.
+    `threads` may be a function of the built node. A NodeConfigError (bad parameter) prints one clear line and
+    exits with status 2.
     """
     from rclpy.executors import ExternalShutdownException
 
@@ -385,7 +387,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
         except NodeConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        executor = make_executor(threads=threads)
+        executor = make_executor(threads=threads(node) if callable(threads) else threads)
         executor.add_node(node)
         try:
             executor.spin()

@@ -394,9 +394,12 @@ def main(args: list[str] | None = None) -> int:
     # and blocked the loop for up to 25 ms when a subscriber process was starved of CPU (bench/interpolator_jitter).
     # Asynchronous mode hands the samples to the middleware's sender thread. Set before rclpy starts the middleware.
     os.environ.setdefault("RMW_FASTRTPS_PUBLICATION_MODE", "ASYNCHRONOUS")
-    # Single-threaded: its callbacks only swap inputs in and publish diagnostics, and a multi-threaded executor's
-    # busy loop competed with the control loop for the GIL (see run_node; period error grew over a 10-minute run).
-    return run_node(functools.partial(InterpolatorNode, own_process=True), args, threads=1)
+    # On the wall clock single-threaded: its callbacks only swap inputs in and publish diagnostics, and a multi-threaded
+    # executor's busy loop competed with the control loop for the GIL (see run_node; period error grew over a
+    # 10-minute run). On sim time the executor also delivers the /clock that paces the loop, and single-threaded
+    # the lockstep demo saw a 2 s wait for a joint command time out (1 run in 3; 0 in 5 multi-threaded): two threads.
+    return run_node(functools.partial(InterpolatorNode, own_process=True), args,
+                    threads=lambda node: 1 if isinstance(node.clock, WallClock) else 2)
 
 
 if __name__ == "__main__":
