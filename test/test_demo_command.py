@@ -88,8 +88,12 @@ def test_gate_times_out_disengages_and_reengages():
     assert gate.timeouts["setpoint"] == 1 and not gate.engaged("setpoint")
     t = time.monotonic()
     assert gate.wait(0.4) == [] and time.monotonic() - t < 0.1  # no policy: the sim goes on without waiting
+    assert gate.late_answers == []
     gate.setpoint(0.4)
     assert gate.engaged("setpoint") and gate.missing(0.6) == ["setpoint"]
+    # The first answer after the timeout is noted (sim_node logs how late it came and what it was stamped).
+    [(stream, stamp, at, wall_late)] = gate.late_answers
+    assert (stream, stamp, at) == ("setpoint", 0.4, 0.2) and 0.0 <= wall_late < 2.0
     waiting = threading.Thread(target=gate.wait, args=(0.6,), daemon=True)
     waiting.start()
     gate.release()
@@ -189,6 +193,8 @@ def test_demo_rejects_bad_options_and_missing_models(tmp_path, monkeypatch):
     assert out.returncode == 2 and f"no policy file {tmp_path / 'nope.onnx'}" in out.stderr
     out = _demo("--episodes", "2", "--video-episode", "2", "--out", str(tmp_path))
     assert out.returncode == 2 and "--video-episode 2 is not one of the 2 episodes" in out.stderr
+    out = _demo("--reruns", "-1", "--out", str(tmp_path))
+    assert out.returncode == 2 and "--reruns must be >= 0, got -1" in out.stderr
     monkeypatch.setattr(demo, "REPO_ROOT", tmp_path)
     with pytest.raises(demo.DemoArgumentError, match="the shipped policy models/push_insert.onnx is missing"):
         demo.model_path(None)
@@ -270,3 +276,30 @@ def test_seeded_episodes_are_reproducible_in_lockstep(graph, tmp_path):
     assert (info.width, info.height, info.frames) == (320, 180, 12)
     d = summary.to_dict()
     assert d["episodes"] == 3 and d["success_rate"] == 0.0 and len(d["per_episode"]) == 3
+    assert d["reruns"] == sum(e.reruns for e in summary.episodes) <= 1, graph.log_path.read_text()[-3000:]
+
+
+def test_an_episode_with_a_lockstep_timeout_is_run_again_from_its_seed(monkeypatch):
+    from irvs_ros.nodes.episode_runner import EpisodeResult, EpisodeRunner
+
+    # Scripted episode results (their timeouts) on a real runner: which seeds run, how often, what is kept.
+    timeouts = {3: [1, 0], 4: [0], 5: [2, 1, 1]}
+    calls = []
+
+    def run_episode(seed, *, time_limit=None, video=None):
+        calls.append(seed)
+        n = timeouts[seed].pop(0)
+        return EpisodeResult(seed=seed, success=False, reward_level=0.0, end="time_limit", steps=1, sim_time=0.2,
+                             wall_time=0.1, goal_distance=0.1, inserted_fraction=None, final_state={},
+                             lockstep_timeouts=n, decisions=1, decisions_on_time=1)
+
+    with EpisodeRunner(domain_id=DOMAIN) as runner:  # calls nothing of a graph
+        monkeypatch.setattr(runner, "run_episode", run_episode)
+        summary = runner.run([3, 4, 5], reruns=2)
+        with pytest.raises(ValueError, match="reruns must be an integer >= 0"):
+            runner.run([3], reruns=-1)
+    assert calls == [3, 3, 4, 5, 5, 5]
+    assert [(e.seed, e.reruns, e.lockstep_timeouts) for e in summary.episodes] == [(3, 1, 0), (4, 0, 0), (5, 2, 1)]
+    d = summary.to_dict()
+    assert d["reruns"] == 3 and d["lockstep_timeouts"] == 1
+    assert "run 2 times: lockstep timeouts" in summary.episodes[0].describe()

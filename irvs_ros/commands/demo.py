@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "stays on this machine)")
     parser.add_argument("--startup-timeout", dest="startup_timeout", type=float, default=180.0,
                         help="wall seconds the nodes get to come up (default 180)")
+    parser.add_argument("--reruns", type=int, default=1,
+                        help="times an episode whose lockstep timed out (its result then depends on CPU load) is run "
+                             "again from its seed (default 1)")
     particle = parser.add_argument_group("particle demo (--particle)")
     particle.add_argument("--config", default=None,
                           help="training config name in config/ (default demo_particle_ebm_dfo)")
@@ -182,6 +185,8 @@ def run_graph_demo(args: argparse.Namespace) -> int:
         raise DemoArgumentError(f"--video-episode {args.video_episode} is not one of the {episodes} episodes")
     if args.time_limit is not None and not args.time_limit > 0:
         raise DemoArgumentError(f"--time-limit must be > 0 simulated seconds, got {args.time_limit}")
+    if args.reruns < 0:
+        raise DemoArgumentError(f"--reruns must be >= 0, got {args.reruns}")
     domain = default_domain_id() if args.domain_id is None else args.domain_id
     if not 0 <= domain <= 232:
         raise DemoArgumentError(f"--domain-id must be in [0, 232], got {domain}")
@@ -224,7 +229,7 @@ def run_graph_demo(args: argparse.Namespace) -> int:
 
                 try:
                     summary = runner.run(seeds, time_limit=args.time_limit, video=video,
-                                         video_episode=args.video_episode, on_result=report)
+                                         video_episode=args.video_episode, on_result=report, reruns=args.reruns)
                 except EpisodeError as e:
                     why = graph.dead()
                     raise DemoError(f"{e}{f' ({why})' if why else ''}\n  last node log lines ({log_path}):\n"
@@ -244,6 +249,9 @@ def run_graph_demo(args: argparse.Namespace) -> int:
     partial = f", partial {100 * summary.partial_rate:.0f}%" if task == "push_insert" else ""
     print(f"\nsuccess rate {100 * summary.success_rate:.0f}% ({n_ok}/{episodes}){partial}, mean reward "
           f"{summary.mean_reward:.2f}  ({result['total_wall_time']:.0f} s wall)")
+    if result["reruns"]:
+        print(f"[demo] {result['reruns']} episode run(s) had a lockstep timeout and were run again from their seed "
+              f"(see {log_path})", file=sys.stderr)
     if result["lockstep_timeouts"]:
         print(f"[demo] warning: the lockstep went on without an answer {result['lockstep_timeouts']} time(s); "
               f"those episodes may depend on CPU load (see {log_path})", file=sys.stderr)

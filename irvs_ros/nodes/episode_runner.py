@@ -13,7 +13,8 @@ Per episode with seed s:
   4. start the policy's episode (`policy_node/enable` true: decisions at reset time + k * period) and resume;
   5. wait until the sim pauses itself (first decision time with success, or the time limit) and read
      `sim_node/task_state`.
-Camera frames of an episode can be written to a video (`sim.video`: .mp4, or .gif where MP4 cannot be written).
+An episode in which the lockstep timed out (its result then depends on CPU load) is run again from its seed
+(`run(reruns=1)`). Camera frames of an episode can be written to a video (`sim.video`: .mp4, or .gif where MP4 cannot be written).
 
     with EpisodeRunner(domain_id=7) as runner:
         runner.wait_until_ready(timeout=120)
@@ -28,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ class EpisodeResult:
     decisions_on_time: int = 0    # ... of them stamped at a decision time (lockstep: all, one per step)
     frames: int = 0               # camera frames recorded (for the video)
     video: str | None = None
+    reruns: int = 0               # earlier runs of this seed dropped for a lockstep timeout (see EpisodeRunner.run)
 
     @property
     def partial(self) -> bool:
@@ -102,6 +104,8 @@ class EpisodeResult:
         extra = f", inserted {self.inserted_fraction:.2f}" if self.inserted_fraction is not None else ""
         if self.decisions_on_time != self.steps:
             extra += f"  ({self.decisions_on_time} of {self.steps} decisions on time)"
+        if self.reruns:
+            extra += f"  (run {self.reruns + 1} times: lockstep timeouts)"
         return (f"seed {self.seed}: {outcome:8s} reward {self.reward_level:.1f}  steps {self.steps:3d}  "
                 f"sim {self.sim_time:5.1f} s  wall {self.wall_time:5.1f} s  goal distance "
                 f"{100 * self.goal_distance:.1f} cm{extra}")
@@ -130,6 +134,7 @@ class RunSummary:
         return {"episodes": len(self.episodes), "success_rate": self.success_rate, "partial_rate": self.partial_rate,
                 "mean_reward": self.mean_reward, "lockstep_timeouts": sum(e.lockstep_timeouts for e in self.episodes),
                 "decisions_not_on_time": sum(e.steps - e.decisions_on_time for e in self.episodes),
+                "reruns": sum(e.reruns for e in self.episodes),
                 "wall_time": sum(e.wall_time for e in self.episodes), "video": self.video,
                 "per_episode": [dict(asdict(e), partial=e.partial) for e in self.episodes]}
 
@@ -434,16 +439,29 @@ class EpisodeRunner:
                                    f"(paused: {state['paused']} {state['pause_reason']!r}); is a node down?")
 
     def run(self, seeds: Sequence[int], *, time_limit: float | None = None, video: str | Path | None = None,
-            video_episode: int = 0, on_result: Callable[[EpisodeResult], None] | None = None) -> RunSummary:
+            video_episode: int = 0, on_result: Callable[[EpisodeResult], None] | None = None,
+            reruns: int = 1) -> RunSummary:
         """Episodes for `seeds` in order; the camera frames of episode `video_episode` (an index into seeds) go to
-        `video`. on_result(result) is called after each episode."""
+        `video`. on_result(result) is called after each episode.
+
+        reruns: an episode in which the lockstep went on without an answer (a message that came seconds late to a
+        starved node: the result then depends on CPU load) is run again from its seed, up to this many times; the
+        result kept says how often (`reruns`) and still counts its own timeouts."""
         if not len(seeds):
             raise ValueError("no seeds: give at least one episode seed")
         if video is not None and not 0 <= video_episode < len(seeds):
             raise ValueError(f"video_episode {video_episode} is not an index of the {len(seeds)} episodes")
+        if int(reruns) != reruns or reruns < 0:
+            raise ValueError(f"reruns must be an integer >= 0, got {reruns!r}")
         summary = RunSummary()
         for i, seed in enumerate(seeds):
-            result = self.run_episode(seed, time_limit=time_limit, video=video if i == video_episode else None)
+            attempt = 0
+            while True:
+                result = self.run_episode(seed, time_limit=time_limit, video=video if i == video_episode else None)
+                if not result.lockstep_timeouts or attempt >= reruns:
+                    break
+                attempt += 1
+            result = replace(result, reruns=attempt)
             summary.episodes.append(result)
             if result.video:
                 summary.video = result.video

@@ -71,6 +71,8 @@ class LockstepGate:
         self._last = dict.fromkeys(STREAMS, -math.inf)
         self._engaged = dict.fromkeys(STREAMS, False)
         self._released = False
+        self._timed_out: dict[str, tuple[float, float]] = {}  # stream -> (sim s it timed out at, wall s then)
+        self.late_answers: list[tuple[str, float, float, float]] = []  # (stream, stamp, timed-out sim s, wall s late)
 
     # ------------------------------------------------------------------ inputs (any thread)
     def command(self, stamp: float) -> None:
@@ -87,6 +89,9 @@ class LockstepGate:
 
     def _arrived(self, stream: str, stamp: float) -> None:
         with self._cv:
+            if stream in self._timed_out:  # the first answer after a timeout: how late was it (a log line says)
+                at, wall = self._timed_out.pop(stream)
+                self.late_answers.append((stream, float(stamp), at, time.monotonic() - wall))
             self._last[stream] = max(self._last[stream], float(stamp))
             self._engaged[stream] = True
             self._cv.notify_all()
@@ -173,6 +178,7 @@ class LockstepGate:
                         for stream in missing:
                             self._engaged[stream] = False
                             self.timeouts[stream] += 1
+                            self._timed_out[stream] = (now, t)
                         return missing
                     if republish is not None and t >= next_nudge:
                         break
