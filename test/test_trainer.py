@@ -291,6 +291,13 @@ def test_particle_configs_cover_every_algorithm():
     assert names == {"ebm_dfo", "ebm_adfo", "ebm_langevin", "irvs", "mse", "mdn", "nn"}
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS[0].parent.glob("train_*.yaml")), ids=lambda p: p.stem)
+def test_every_training_config_loads_with_valid_algorithm_params(path):
+    cfg = load_config(path)
+    check_algorithm_params(cfg)  # raises on a parameter the algorithm does not take or a bad value
+    assert cfg.name and cfg.steps > 0
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_particle_config_trains(path, dataset_path, tmp_path):
     cfg = load_config(path)

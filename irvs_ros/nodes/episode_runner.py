@@ -14,7 +14,8 @@ Per episode with seed s:
   5. wait until the sim pauses itself (first decision time with success, or the time limit) and read
      `sim_node/task_state`.
 An episode in which the lockstep timed out (its result then depends on CPU load) is run again from its seed
-(`run(reruns=1)`). Camera frames of an episode can be written to a video (`sim.video`: .mp4, or .gif where MP4 cannot be written).
+(`run(reruns=1)`). Camera frames of an episode can be written to a video (`sim.video`: .mp4, or .gif where MP4
+cannot be written).
 
     with EpisodeRunner(domain_id=7) as runner:
         runner.wait_until_ready(timeout=120)
