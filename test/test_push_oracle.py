@@ -130,7 +130,7 @@ def test_push_oracle_starts_over_when_the_block_is_no_longer_ahead_of_the_tool()
 def test_pre_push_tolerance_decides_when_the_approach_ends():
     # Block at (0.4, 0) pushed toward (0.4, 0.3): the pre-push point is (0.4, -0.05); the setpoint is 3 mm short.
     obs = _obs([0.4, -0.053], [0.4, -0.053], [0.4, 0.0], math.pi / 2, [0.4, 0.3], 0.0)
-    strict, loose = PushOracle(), PushOracle(pre_push_tol=0.005)
+    strict, loose = PushOracle(pre_push_tol=0.001), PushOracle()  # the default: 5 mm
     a_strict, a_loose = strict(obs), loose(obs)
     assert strict.phase == "move_to_pre_block" and abs(a_strict[1] - 0.003) < 1e-6  # the last 3 mm first
     assert loose.phase != "move_to_pre_block" and a_loose[1] > 0.003  # already pushing toward the block

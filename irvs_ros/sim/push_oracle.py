@@ -37,7 +37,11 @@ from irvs_ros.runtime.spec import state_slices
 from irvs_ros.sim.push_tasks import STATE_DIM, STATE_KEYS, FixtureGeometry
 
 _S = state_slices(STATE_KEYS)
-PRE_PUSH_TOL = 1e-3  # m: setpoint distance from the pre-push point that ends the approach (the oracles' default)
+# m: setpoint distance from the pre-push point that ends the approach (the oracles' default). 5 mm, not 1 mm: with
+# executed noise a 1 mm rule leaves the approach ending at a point the observation cannot tell apart from the ones
+# around it, and learned policies stall there (models/push_insert.md); 5 mm: noisy push_insert demos 91.5% successful
+# (1 mm: 78.8%), the noise-free oracle 98/100 push_insert (1 mm: 97) and 100/100 push seeds (both).
+PRE_PUSH_TOL = 5e-3
 
 
 def _rot(v: np.ndarray, a: float) -> np.ndarray:
