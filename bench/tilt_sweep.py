@@ -25,11 +25,13 @@ from typing import Any
 RATES = ("success_rate", "full_insertion_rate", "partial_insertion_rate", "mean_reward", "mean_final_reward")
 
 
-def evaluate_at(policy: str, eta_inv: float, episodes: int, seed: int, extra: list[str]) -> dict[str, Any]:
-    """`irvs eval` of `policy` at `eta_inv` on `episodes` scenes from `seed`; its summary plus eval_s."""
+def evaluate_at(policy: str, eta_inv: float | None, episodes: int, seed: int, extra: list[str]) -> dict[str, Any]:
+    """`irvs eval` of `policy` at `eta_inv` (None: the file's) on `episodes` scenes from `seed`; its summary plus
+    eval_s."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "eval.json"
-        cmd = [sys.executable, "-m", "irvs_ros.cli", "eval", "--policy", policy, "--eta-inv", str(eta_inv),
+        tilt = [] if eta_inv is None else ["--eta-inv", str(eta_inv)]
+        cmd = [sys.executable, "-m", "irvs_ros.cli", "eval", "--policy", policy, *tilt,
                "--episodes", str(episodes), "--seed", str(seed), "--out", str(out), *extra]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

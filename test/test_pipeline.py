@@ -91,3 +91,17 @@ def test_tilt_sweep_evaluates_one_irvs_file_at_each_eta_inv_on_the_same_scenes(t
                      "--out", str(mse_run), "--quiet"]) == 0
     assert cli.main(["export", str(mse_run), "--out", str(mse_policy)]) == 0
     assert tilt.main(["--policy", str(mse_policy), "--results", str(tmp_path / "no")]) == 2
+    # Both files side by side on the same scenes (bench/compare_policies.py): the IRvS one at its trained tilt.
+    spec = importlib.util.spec_from_file_location("compare_policies", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "compare_policies.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    both = tmp_path / "both"
+    assert compare.main([str(policy), str(mse_policy), "--env", "particle", "--episodes", "2", "--seed", "5",
+                         "--eval-arg=--n-dim=1", "--results", str(both)]) == 0
+    report = json.loads(both.with_suffix(".json").read_text())
+    assert [(r["algorithm"], r["eval_eta_inv"], r["train_steps"]) for r in report["rows"]] == [("irvs", 1.0, 3),
+                                                                                             ("mse", None, 3)]
+    for row in report["rows"]:
+        assert 0.0 <= row["success_rate"] <= 1.0 and len(row["per_episode"]) == 2
+    assert f"| `{mse_policy}` | mse |  | 3 |" in both.with_suffix(".md").read_text()
