@@ -5,6 +5,7 @@ actually moves)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,21 @@ def test_aux_state_loss_teaches_the_encoder_where_things_are_and_stays_out_of_th
     assert policy.spec.obs.state_dim == 0  # the policy sees the image alone
     action = policy.act({"image": np.zeros((2, H, W, 3), np.uint8)}, np.random.default_rng(0))
     assert action.shape == (2, 1) and np.isfinite(action).all()
+
+
+@pytest.mark.parametrize("algorithm", ["mse", "mdn"])
+def test_explicit_pixel_policies_train_with_the_aux_state_loss_too(algorithm, located_dataset, tmp_path):
+    torch.set_num_threads(1)
+    cfg = {**_aux_config(located_dataset, 4, 1.0), "algorithm": algorithm,
+           "params": {"width": 16, "depth": 2, "image_channels": [8, 8]}}
+    result = train(config_from_dict(cfg), tmp_path / algorithm)
+    rows = [r for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"]
+    assert rows and all(math.isfinite(r["aux_state_mse"]) and r["aux_state_mse"] > 0 for r in rows)
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["extra"]["aux_head"]["linear.weight"].shape == (4, 16)
+    algo, _, _ = load_for_export(result.run_dir)
+    assert not any(k.startswith("aux") for k in algo.state_dict())
 
 
 def test_aux_state_loss_resumes_bit_identically_and_needs_a_state(located_dataset, dataset, tmp_path):

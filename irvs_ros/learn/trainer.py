@@ -300,6 +300,9 @@ class Trainer:
         self.trainable = self.algorithm.trainable
         self.aux: AuxStateHead | None = None
         if cfg.aux_state_weight > 0 and self.trainable:
+            if not isinstance(getattr(self.algorithm, "encoder", None), nn.Module):
+                raise TrainError(f"aux_state_weight {cfg.aux_state_weight}: algorithm {cfg.algorithm!r} has no "
+                                 f"observation encoder to regress the state from; set aux_state_weight=0")
             self.aux = AuxStateHead(self.algorithm.encoder.out_dim, arrays["aux_state"]).to(ctx.device)
         self.batches = InMemoryBatches(arrays, self.spec, ctx.device) if self.trainable else None
         self.num_train_steps = len(arrays["action"])

@@ -120,6 +120,11 @@ class MdnBC(Algorithm):
         super().__init__(spec, config)
         self.net = _MdnNet(spec, config)
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The observation encoder (its features feed the trainer's auxiliary state loss)."""
+        return self.net.encoder
+
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         logits, mean, log_std = self.net.mixture(batch.get("state"), batch.get("image"))
         target = self.net.scale.normalize(batch["action"].to(mean.dtype))

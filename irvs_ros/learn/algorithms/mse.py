@@ -154,6 +154,11 @@ class MseBC(Algorithm):
         super().__init__(spec, config)
         self.actor = _MseActor(spec, config)
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The observation encoder (its features feed the trainer's auxiliary state loss)."""
+        return self.actor.encoder
+
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         pred = self.actor.normalized(batch.get("state"), batch.get("image"))
         target = self.actor.scale.normalize(batch["action"].to(pred.dtype))
