@@ -88,12 +88,13 @@ def test_gate_times_out_disengages_and_reengages():
     assert gate.timeouts["setpoint"] == 1 and not gate.engaged("setpoint")
     t = time.monotonic()
     assert gate.wait(0.4) == [] and time.monotonic() - t < 0.1  # no policy: the sim goes on without waiting
-    assert gate.late_answers == []
+    assert gate.take_late_answers() == []
     gate.setpoint(0.4)
     assert gate.engaged("setpoint") and gate.missing(0.6) == ["setpoint"]
     # The first answer after the timeout is noted (sim_node logs how late it came and what it was stamped).
-    [(stream, stamp, at, wall_late)] = gate.late_answers
+    [(stream, stamp, at, wall_late)] = gate.take_late_answers()
     assert (stream, stamp, at) == ("setpoint", 0.4, 0.2) and 0.0 <= wall_late < 2.0
+    assert gate.take_late_answers() == []
     waiting = threading.Thread(target=gate.wait, args=(0.6,), daemon=True)
     waiting.start()
     gate.release()

@@ -72,7 +72,7 @@ class LockstepGate:
         self._engaged = dict.fromkeys(STREAMS, False)
         self._released = False
         self._timed_out: dict[str, tuple[float, float]] = {}  # stream -> (sim s it timed out at, wall s then)
-        self.late_answers: list[tuple[str, float, float, float]] = []  # (stream, stamp, timed-out sim s, wall s late)
+        self._late_answers: list[tuple[str, float, float, float]] = []
 
     # ------------------------------------------------------------------ inputs (any thread)
     def command(self, stamp: float) -> None:
@@ -91,10 +91,17 @@ class LockstepGate:
         with self._cv:
             if stream in self._timed_out:  # the first answer after a timeout: how late was it (a log line says)
                 at, wall = self._timed_out.pop(stream)
-                self.late_answers.append((stream, float(stamp), at, time.monotonic() - wall))
+                self._late_answers.append((stream, float(stamp), at, time.monotonic() - wall))
             self._last[stream] = max(self._last[stream], float(stamp))
             self._engaged[stream] = True
             self._cv.notify_all()
+
+    def take_late_answers(self) -> list[tuple[str, float, float, float]]:
+        """The first answers that came after a timeout since the last call, as (stream, stamp sim s, sim s of the
+        timeout, wall s after the timeout); for logging how late a message was."""
+        with self._cv:
+            out, self._late_answers = self._late_answers, []
+            return out
 
     def start_episode(self, now: float) -> None:
         """An episode starts at sim time `now`: decisions are due at now + k * decision_period, k >= 1."""

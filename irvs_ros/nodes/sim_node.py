@@ -332,8 +332,7 @@ class SimNode(Node):
             if late:
                 self.get_logger().warn(f"lockstep: no {' / '.join(late)} for t={self.sim_time:.2f} s within "
                                        f"{p['lockstep_timeout']} s; going on without waiting for it")
-            while self.gate.late_answers:
-                stream, stamp, at, wall_late = self.gate.late_answers.pop(0)
+            for stream, stamp, at, wall_late in self.gate.take_late_answers():
                 self.get_logger().warn(f"lockstep: the next {stream} after the timeout at t={at:.2f} s came "
                                        f"{wall_late:.3f} wall s after it, stamped t={stamp:.6f} s")
             self._check_episode_end()
