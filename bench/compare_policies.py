@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tilt_sweep import RATES, evaluate_at  # noqa: E402  (bench/ is scripts, not a package)
+from tilt_sweep import evaluate_at, rate_keys, report_header  # noqa: E402  (bench/ is scripts, not a package)
 
 
 def provenance(path: str) -> dict[str, Any]:
@@ -40,12 +40,9 @@ def provenance(path: str) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
     rows = report["rows"]
-    keys = [k for k in RATES if any(k in r for r in rows)]
-    lines = ["# Policies on the same scenes", "", f"Command: `{report['command']}`", "",
-             f"Machine: {m['cpu']} ({m['cpu_count']} cores), GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
-             f"onnxruntime {m['onnxruntime']}, Python {m['python']}.", "",
+    keys = rate_keys(rows)
+    lines = [*report_header("Policies on the same scenes", report),
              f"Environment {report['env']}; {report['episodes']} episodes per row, scene seeds {report['seed']}.."
              f"{report['seed'] + report['episodes'] - 1} in every row.", "",
              "| policy | algorithm | eta_inv | train steps | dataset | " + " | ".join(keys) + " | eval s |",

@@ -43,13 +43,23 @@ def evaluate_at(policy: str, eta_inv: float | None, episodes: int, seed: int, ex
             "per_episode": summary.get("per_episode", [])}
 
 
-def markdown(report: dict[str, Any]) -> str:
+def report_header(title: str, report: dict[str, Any]) -> list[str]:
+    """Markdown lines: the title, the command and the machine of a report."""
     m = report["machine"]
+    return [f"# {title}", "", f"Command: `{report['command']}`", "",
+            f"Machine: {m['cpu']} ({m['cpu_count']} cores), GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
+            f"onnxruntime {m['onnxruntime']}, Python {m['python']}.", ""]
+
+
+def rate_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The RATES present in any row, in RATES order."""
+    return [k for k in RATES if any(k in r for r in rows)]
+
+
+def markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
-    keys = [k for k in RATES if any(k in r for r in rows)]
-    lines = ["# IRvS tilt sweep", "", f"Command: `{report['command']}`", "",
-             f"Machine: {m['cpu']} ({m['cpu_count']} cores), GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
-             f"onnxruntime {m['onnxruntime']}, Python {m['python']}.", "",
+    keys = rate_keys(rows)
+    lines = [*report_header("IRvS tilt sweep", report),
              f"Policy: `{report['policy']}` ({report['algorithm']}, trained eta_inv {report['trained_eta_inv']}, "
              f"dataset {report['dataset_fingerprint']}); {report['episodes']} episodes per row, scene seeds "
              f"{report['seed']}..{report['seed'] + report['episodes'] - 1} in every row.", "",
