@@ -30,7 +30,11 @@ FIRST_SEED = 1000          # as `irvs eval --seed 1000`: the same scenes without
 # The shipped model (models/push_insert.md) inserts on seeds 1000, 1004 and 1005 of these six on the graph, the same
 # three it inserts in the gym at its file's eta_inv (9/20 there at seeds 1000..1019); seed 1003 ends partly inserted.
 MEASURED_SUCCESSES = 3     # successes of the shipped model in these EPISODES (measured 2026-12-03: 3/6)
-MARGIN = 1                 # episodes below the measured count that still pass (see the module docstring)
+# Episodes below the measured count that still pass (see the module docstring). Two: CI has run on Intel Xeon and on
+# AMD EPYC machines, and onnxruntime's kernels differ between them; the earlier 12k-step model inserted seed 1003
+# in the gym but not on the graph, so single episodes do flip. If all six were redrawn at the model's 45%,
+# P(0 successes) = 3% while P(< 2) = 16%.
+MARGIN = 2
 # A lockstep wait that times out (2 s) lets the sim go on; a few happen while the node processes warm up on a
 # loaded machine (0 in these 6 episodes beside a training run when this model was measured; 13 in 4 episodes at
 # load 4 with an earlier one), so allow a few. `irvs demo` runs such an episode again from its seed once.
