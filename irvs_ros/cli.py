@@ -1,7 +1,8 @@
 """`irvs`: the command-line entry point. Each subcommand lives in `irvs_ros.commands.<name>`.
 
-A command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`; it is
-imported only when its subcommand runs, so `irvs --help` stays fast and torch-free.
+A command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`, and INTERMIXED = True
+when positionals may come between options; it is imported only when its subcommand runs, so `irvs --help` stays
+fast and torch-free.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "export": "export a trained checkpoint to one ONNX policy file",
     "quantize": "convert a policy file to int8 (AMX / VNNI CPUs) or fp16 (GPU), keeping its metadata",
     "eval": "run a policy file (or the oracle) for N seeded episodes and report the success rate",
+    "select": "evaluate a run's checkpoints on selection scenes and export the best",
     "bench": "run a benchmark and write its results file",
     "demo": "the main job: the push_insert graph in simulation on the shipped policy (--particle: particle demo)",
     "ingest": "turn recorded episode bags (MCAP) into a training dataset",
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"irvs_ros.commands.{name}")
     sub = argparse.ArgumentParser(prog=f"irvs {name}", description=COMMANDS[name])
     module.add_arguments(sub)
-    args = sub.parse_args(rest)
+    # A command with a positional before its KEY=VALUE items sets INTERMIXED so the items may follow options.
+    args = sub.parse_intermixed_args(rest) if getattr(module, "INTERMIXED", False) else sub.parse_args(rest)
     return int(module.run(args) or 0)
 
 

@@ -17,10 +17,11 @@ import yaml
 from irvs_ros import cli
 from irvs_ros.data.store import Dataset, DatasetWriter
 from irvs_ros.learn.batches import InMemoryBatches, policy_spec_from_dataset, select_top_episodes
-from irvs_ros.learn.checkpoint import load_checkpoint, load_for_export
+from irvs_ros.learn.checkpoint import CheckpointError, load_checkpoint, load_for_export
 from irvs_ros.learn.config_schema import ConfigError, to_dict
 from irvs_ros.learn.train_config import apply_overrides, check_algorithm_params, config_from_dict, load_config
 from irvs_ros.learn.trainer import TrainError, parameter_digest, train
+from irvs_ros.learn.weight_average import WeightAverage, WeightAverageError
 from irvs_ros.runtime.spec import ObsSpec
 from irvs_ros.sim.particle import ParticleEnv, ParticleOracle
 
@@ -238,8 +239,92 @@ def test_load_for_export_rebuilds_the_policy(dataset_path, tmp_path):
     after = algo.predict(obs, np.random.default_rng(0))
     assert before.shape == (7, N_DIM)
     np.testing.assert_array_equal(before, after)
-    assert config == to_dict(cfg) and fingerprint == ds.fingerprint
+    assert config == {**to_dict(cfg), "export_weights": "raw"} and fingerprint == ds.fingerprint
     assert algo.spec == result.algorithm.spec
+
+
+# ------------------------------------------------------------------------------------- weight average (EMA)
+def test_weight_average_follows_the_warmed_up_decay():
+    layer = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    ema = WeightAverage(layer, decay=0.5)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    expected = 0.0
+    for n in range(6):
+        d = min(0.5, (1 + n) / (10 + n))  # 0.1, 0.18, ... then 0.5
+        expected = d * expected + (1 - d) * 1.0
+        ema.update(layer)
+        assert ema.params["weight"].item() == pytest.approx(expected, abs=1e-7)
+    with ema.swapped_into(layer):
+        assert layer.weight.item() == pytest.approx(expected, abs=1e-7)
+    assert layer.weight.item() == 1.0  # the raw weights come back
+    with pytest.raises(WeightAverageError, match="must be in"):
+        WeightAverage(layer, decay=1.0)
+
+
+def test_ema_leaves_the_raw_weights_alone_resumes_exactly_and_is_what_export_takes(dataset_path, tmp_path):
+    # Dropout and an in-training evaluation: neither the average nor evaluating it may disturb training.
+    data = _config_dict(dataset_path, steps=20, params={"width": 32, "depth": 2, "dropout": 0.2},
+                        eval={"env": "particle", "env_kwargs": {"n_dim": N_DIM, "max_steps": 20}, "episodes": 2,
+                              "every": 10})
+    plain = train(config_from_dict(data), tmp_path / "plain")
+    averaged = train(config_from_dict({**data, "ema_decay": 0.9}), tmp_path / "ema")
+    assert parameter_digest(plain.algorithm) == parameter_digest(averaged.algorithm)
+    evals = [json.loads(r) for r in (tmp_path / "ema" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["weights"] for r in evals if r["kind"] == "eval"] == ["ema", "ema"]
+
+    ckpt = load_checkpoint(tmp_path / "ema")
+    assert ckpt["ema"]["updates"] == 20 and load_checkpoint(tmp_path / "plain")["ema"] is None
+    exported, config, _ = load_for_export(tmp_path / "ema")
+    assert config["export_weights"] == "ema"
+    for name, p in exported.named_parameters():
+        assert torch.equal(p.detach(), ckpt["ema"]["params"][name]), name
+    assert any(not torch.equal(ckpt["ema"]["params"][k], ckpt["model"][k]) for k in ckpt["ema"]["params"])
+    raw, config, _ = load_for_export(tmp_path / "ema", weights="raw")
+    assert parameter_digest(raw) == parameter_digest(plain.algorithm) and config["export_weights"] == "raw"
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        load_for_export(tmp_path / "plain", weights="ema")
+
+    cfg_path = _write_yaml(tmp_path / "cfg.yaml", {**data, "ema_decay": 0.9})
+    assert cli.main(["train", str(cfg_path), "steps=10", "--out", str(tmp_path / "split"), "--quiet"]) == 0
+    assert cli.main(["train", str(tmp_path / "split"), "--resume", "--quiet", "steps=20"]) == 0
+    split = load_checkpoint(tmp_path / "split")["ema"]
+    assert split["updates"] == 20
+    for name, value in ckpt["ema"]["params"].items():
+        assert torch.equal(value, split["params"][name]), name
+    with pytest.raises(TrainError, match="ema_decay was 0.9"):
+        train(config_from_dict({**data, "ema_decay": 0.5, "steps": 30}), tmp_path / "split", resume=True)
+    with pytest.raises(ConfigError, match="ema_decay: must be in"):
+        config_from_dict({**data, "ema_decay": -0.1})
+
+
+
+def test_select_evaluates_every_checkpoint_and_exports_the_best(dataset_path, tmp_path, capsys):
+    from irvs_ros.runtime.policy_file import load_policy
+
+    data = _config_dict(dataset_path, steps=30, checkpoint_every=10, ema_decay=0.9)
+    train(config_from_dict(data), tmp_path / "run")
+    out = tmp_path / "best.onnx"
+    argv = ["select", str(tmp_path / "run"), "--env", "particle", "--n-dim", str(N_DIM), "max_steps=20",
+            "--episodes", "3", "--seed", "50", "--from-step", "20", "--out", str(out)]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "run" / "selection_ema.json").read_text())
+    assert [r["step"] for r in report["rows"]] == [20, 30] and {r["weights"] for r in report["rows"]} == {"ema"}
+    best = max(report["rows"], key=lambda r: (r["success_rate"], r["mean_return"], r["step"]))
+    assert report["chosen_step"] == best["step"] and f"chosen: step {best['step']}" in capsys.readouterr().out
+
+    # The copied file is that checkpoint's averaged policy: same actions as the torch EMA weights.
+    algo, _, _ = load_for_export(tmp_path / "run" / "checkpoints" / f"step_{best['step']:08d}.pt")
+    obs = {"state": Dataset.open(str(dataset_path)).arrays()["state"][:5]}
+    np.testing.assert_allclose(load_policy(out).act(obs, np.random.default_rng(0)),
+                               algo.predict(obs, np.random.default_rng(0)), atol=1e-5)
+
+    assert cli.main([*argv[:-2], "--from-step", "31"]) == 2
+    assert "holds no step_*.pt at step 31 or later" in capsys.readouterr().err
+    assert cli.main([*argv[:-2], "--weights", "raw", "--out", str(tmp_path / "x.txt")]) == 2
+    assert "should name a .onnx file" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- DDP

@@ -45,18 +45,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames per second (default: the env's render_fps, 5 = real time for the cell)")
 
 
-def _policy_act_fn(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """(act_fn, description) for a policy file, plus the env recorded in it when --env is not given."""
+def policy_for_env(path: str | Path, env_name: str | None, env_kwargs: dict[str, Any], *, seed: int,
+                   eta_inv: float | None = None) -> tuple[Any, str, dict[str, Any], dict[str, Any]]:
+    """Load a policy file for rollouts: (act_fn, env name, env kwargs, description).
+
+    Without `env_name` the environment recorded in the file is used (its kwargs under `env_kwargs`); a pixel
+    policy gets images of its size. The policy's sampling uses numpy.random.default_rng(seed). ValueError
+    (SpecError, PolicyFileError) when the file does not fit the environment.
+    """
     import numpy as np
 
     from irvs_ros.runtime.policy_file import load_policy
+    from irvs_ros.runtime.spec import observation_adapter
+    from irvs_ros.sim.registry import make_env, state_layout
 
-    policy = load_policy(args.policy, eta_inv=args.eta_inv)
-    rng = np.random.default_rng(args.seed)
-    info = {"algorithm": policy.algorithm, "eta_inv": policy.eta_inv, "argmin": policy.argmin.get("method"),
-            "dataset_fingerprint": policy.metadata.get("dataset_fingerprint"), "spec": policy.spec,
-            "env": policy.spec.extra.get("env"), "env_kwargs": policy.spec.extra.get("env_kwargs") or {}}
-    return (lambda obs: policy.act(obs, rng)), info
+    policy = load_policy(path, eta_inv=eta_inv)
+    rng = np.random.default_rng(seed)
+    spec = policy.spec
+    description = {"algorithm": policy.algorithm, "eta_inv": policy.eta_inv, "argmin": policy.argmin.get("method"),
+                   "dataset_fingerprint": policy.metadata.get("dataset_fingerprint")}
+    if env_name is None:
+        env_name = spec.extra.get("env")
+        if env_name is None:
+            raise ValueError(f"{path} records no environment: pass --env")
+        env_kwargs = {**(spec.extra.get("env_kwargs") or {}), **env_kwargs}
+    env_kwargs = _with_policy_images(spec, env_kwargs)
+    probe = make_env(env_name, **env_kwargs)
+    try:
+        _check_fit(spec, probe)
+    finally:
+        probe.close()
+    adapt = observation_adapter(spec.obs, state_layout(env_name))
+    return (lambda obs: policy.act(adapt(obs), rng)), env_name, env_kwargs, description
 
 
 def _with_policy_images(spec: Any, env_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -113,14 +133,8 @@ def _video_plan(args: argparse.Namespace, env: Any, env_name: str) -> tuple[dict
     return {i: directory / f"{env_name}_episode{i:03d}_seed{args.seed + i}.{fmt}" for i in chosen}, fps
 
 
-def _adapted(act_fn: Any, adapt: Any) -> Any:
-    """act_fn seeing the observation `adapt` makes of the environment's (the policy's own state entries)."""
-    return lambda obs: act_fn(adapt(obs))
-
-
 def run(args: argparse.Namespace) -> int:
-    from irvs_ros.runtime.spec import observation_adapter
-    from irvs_ros.sim.registry import make_env, state_layout
+    from irvs_ros.sim.registry import make_env
     from irvs_ros.sim.rollout import OraclePolicy, evaluate
     from irvs_ros.sim.video import VideoError
 
@@ -139,19 +153,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             if oracle_kwargs:
                 raise ValueError("--oracle options apply to --policy oracle only")
-            act_fn, description = _policy_act_fn(args)
-            stored_env, stored_kwargs, spec = (description.pop(k) for k in ("env", "env_kwargs", "spec"))
-            env_name = args.env or stored_env
-            if env_name is None:
-                raise ValueError(f"{args.policy} records no environment: pass --env")
-            if args.env is None:
-                env_kwargs = {**stored_kwargs, **env_kwargs}
-            env_kwargs = _with_policy_images(spec, env_kwargs)
+            act_fn, env_name, env_kwargs, description = policy_for_env(args.policy, args.env, env_kwargs,
+                                                                       seed=args.seed, eta_inv=args.eta_inv)
         probe = make_env(env_name, **env_kwargs)
         try:
-            if args.policy != "oracle":
-                _check_fit(spec, probe)
-                act_fn = _adapted(act_fn, observation_adapter(spec.obs, state_layout(env_name)))
             videos, fps = _video_plan(args, probe, env_name)
         finally:
             probe.close()

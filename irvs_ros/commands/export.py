@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest accepted |torch - onnx| action difference, as a fraction of the action "
                              "range (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification observations and rng")
+    parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                        help="which weights to export: the moving average of a run trained with ema_decay > 0 "
+                             "('ema'), the last optimizer step's ('raw'); 'auto' (default) takes the EMA when "
+                             "the checkpoint has one")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"irvs export: error: --out should name a .onnx file, got {out}", file=sys.stderr)
         return 2
     try:
-        algo, train_config, fingerprint = load_for_export(args.checkpoint)
+        algo, train_config, fingerprint = load_for_export(args.checkpoint, args.weights)
         export_policy(algo, out, train_config=train_config, dataset_fingerprint=fingerprint, opset=args.opset)
         policy = load_policy(out, providers=["CPUExecutionProvider"])
     except (CheckpointError, ExportError, PolicyFileError) as e:
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     spec = policy.spec
     print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
-    print(f"algorithm: {policy.algorithm}  argmin: {policy.argmin['method']}  eta_inv: {policy.eta_inv}")
+    print(f"algorithm: {policy.algorithm}  argmin: {policy.argmin['method']}  eta_inv: {policy.eta_inv}  "
+          f"weights: {train_config['export_weights']}")
     print(f"observation: {spec.obs.to_dict()}  action_dim: {spec.action_dim}  rate: {spec.control_rate_hz} Hz")
     if not args.verify:
         return 0

@@ -10,6 +10,7 @@ A checkpoint is a dict (loadable with `torch.load(weights_only=True)`):
     rng                  per-rank RNG states (torch CPU / CUDA, numpy, python, the trainer's generators) or None
     config               the resolved TrainConfig as a plain dict
     dataset_fingerprint  the training dataset's fingerprint
+    ema                  WeightAverage.state_dict() when the run keeps an EMA of the weights, else absent / None
     extra                free-form plain data (world size, last metrics, ...)
 Files are written atomically (temporary file in the same directory, then rename), so a crash never leaves a
 truncated checkpoint behind.
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from irvs_ros.learn.algorithms.base import Algorithm, make_algorithm
+from irvs_ros.learn.weight_average import WeightAverageError, averaged_state_dict
 from irvs_ros.runtime.spec import PolicySpec
 
 CHECKPOINT_FORMAT = "irvs_ros.checkpoint/1"
@@ -123,7 +125,7 @@ def save_checkpoint(path: str | Path, *, algorithm: Algorithm, algorithm_name: s
                     step: int, config: dict, dataset_fingerprint: str,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     rng: list[dict] | dict | None = None, extra: dict | None = None,
-                    copies: list[str | Path] = ()) -> Path:
+                    ema: dict | None = None, copies: list[str | Path] = ()) -> Path:
     """Write a checkpoint atomically to `path` and to each of `copies` (e.g. RUN/checkpoints/last.pt)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -138,6 +140,7 @@ def save_checkpoint(path: str | Path, *, algorithm: Algorithm, algorithm_name: s
         "rng": rng,
         "config": dict(config),
         "dataset_fingerprint": str(dataset_fingerprint),
+        "ema": ema,
         "extra": dict(extra or {}),
     }
     path = atomic_torch_save(payload, path)
@@ -176,19 +179,42 @@ def load_checkpoint(path_or_run_dir: str | Path, map_location: str | torch.devic
     return ckpt
 
 
-def algorithm_from_checkpoint(ckpt: dict[str, Any]) -> Algorithm:
-    """Rebuild the algorithm from a loaded checkpoint (spec + name + params) and load its weights; eval mode."""
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def weights_used(ckpt: dict[str, Any], weights: str = "auto") -> str:
+    """Which weights `weights` picks from `ckpt`: "ema" or "raw" ("auto" = the EMA when the run kept one)."""
+    if weights not in WEIGHTS:
+        raise CheckpointError(f"weights: expected one of {WEIGHTS}, got {weights!r}")
+    has_ema = bool(ckpt.get("ema"))
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')} holds no EMA weights (trained with ema_decay 0); "
+                              "use the raw weights")
+    return "ema" if weights == "ema" or (weights == "auto" and has_ema) else "raw"
+
+
+def algorithm_from_checkpoint(ckpt: dict[str, Any], weights: str = "auto") -> Algorithm:
+    """Rebuild the algorithm from a loaded checkpoint (spec + name + params) and load its weights; eval mode.
+
+    weights: "auto" (the EMA of the weights when the run kept one, else the raw weights), "ema" or "raw".
+    """
     spec = PolicySpec.from_json(ckpt["spec_json"])
     algorithm = make_algorithm(ckpt["algorithm"], spec, ckpt["params"])
     try:
-        algorithm.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+        state = averaged_state_dict(ckpt["model"], ckpt.get("ema") if weights_used(ckpt, weights) == "ema" else None)
+        algorithm.load_state_dict(state)
+    except (RuntimeError, WeightAverageError) as e:
         raise CheckpointError(f"checkpoint weights do not fit algorithm {ckpt['algorithm']!r}: {e}") from e
     algorithm.eval()
     return algorithm
 
 
-def load_for_export(path_or_run_dir: str | Path) -> tuple[Algorithm, dict, str]:
-    """(algorithm on CPU in eval mode, training config dict, dataset fingerprint) from a checkpoint or run dir."""
+def load_for_export(path_or_run_dir: str | Path, weights: str = "auto") -> tuple[Algorithm, dict, str]:
+    """(algorithm on CPU in eval mode, training config dict, dataset fingerprint) from a checkpoint or run dir.
+
+    weights: as in `algorithm_from_checkpoint`; the config dict records the choice under "export_weights".
+    """
     ckpt = load_checkpoint(path_or_run_dir, map_location="cpu")
-    return algorithm_from_checkpoint(ckpt), dict(ckpt["config"]), str(ckpt["dataset_fingerprint"])
+    algorithm = algorithm_from_checkpoint(ckpt, weights)
+    config = {**dict(ckpt["config"]), "export_weights": weights_used(ckpt, weights)}
+    return algorithm, config, str(ckpt["dataset_fingerprint"])

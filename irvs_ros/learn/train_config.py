@@ -63,6 +63,9 @@ class TrainConfig:
         (IBC appendix B.1: 1e-3, 0.99 every 100 steps).
     adam_betas, weight_decay: Adam settings (IBC: default betas 0.9, 0.999).
     grad_clip: max global gradient norm, or None for no clipping.
+    ema_decay: keep an exponential moving average of the weights with this decay (learn.weight_average; 0 =
+        off); in-training evaluation runs it and `irvs export` exports it by default. 0.999 averages over about
+        the last 1000 steps.
     keep_top_fraction: keep only this fraction of episodes, ranked by episode return (1.0 keeps all; IBC's
         return-filtered BC keeps the top 0.5).
     observation: "all" trains on everything the dataset observes; "image" on the camera image alone (a pixel
@@ -97,6 +100,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float | None = None
+    ema_decay: float = 0.0
     keep_top_fraction: float = 1.0
     observation: Literal["all", "image", "state"] = "all"
     state_keys: tuple[str, ...] = ()
@@ -126,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
             raise ConfigError(f"grad_clip: must be a positive number or null, got {self.grad_clip}")
+        if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
+            raise ConfigError(f"ema_decay: must be in [0, 1) (0 = off), got {self.ema_decay}")
         if not 0.0 < self.keep_top_fraction <= 1.0:
             raise ConfigError(f"keep_top_fraction: must be in (0, 1], got {self.keep_top_fraction}")
         if self.state_keys and self.observation != "image":

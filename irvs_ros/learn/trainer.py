@@ -5,7 +5,8 @@ Run layout (RUN = out_dir/name or --out):
     RUN/spec.json              PolicySpec the policy acts under
     RUN/metrics.jsonl          one JSON row per log / evaluation ({"kind": "train" | "eval", "step": ..., ...})
     RUN/tb/                    TensorBoard scalars: train/<loss terms>, train/lr, train/steps_per_sec, eval/<metrics>
-    RUN/checkpoints/last.pt    latest checkpoint (+ step_XXXXXXXX.pt every checkpoint_every steps)
+    RUN/checkpoints/last.pt    latest checkpoint (+ step_XXXXXXXX.pt every checkpoint_every steps); with ema_decay > 0
+                               each also holds the moving average of the weights, which evaluation runs
     RUN/summary.json           final step, metrics, evaluation, DDP consistency check
 
 Distributed: launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) each process trains on
@@ -57,11 +58,13 @@ from irvs_ros.learn.checkpoint import (
 )
 from irvs_ros.learn.config_schema import ConfigError, to_dict
 from irvs_ros.learn.train_config import TrainConfig, check_algorithm_params, save_config
+from irvs_ros.learn.weight_average import WeightAverage
 
 log = logging.getLogger("irvs_ros.train")
 
 # Config keys that must not change when a run is resumed (the weights or the data would not match).
-RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction", "observation", "state_keys", "aux_state_weight")
+RESUME_FIXED_KEYS = ("algorithm", "params", "keep_top_fraction", "observation", "state_keys", "aux_state_weight",
+                     "ema_decay")
 
 
 class TrainError(RuntimeError):
@@ -319,6 +322,7 @@ class Trainer:
                                               weight_decay=cfg.weight_decay)
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_decay_every,
                                                              gamma=cfg.lr_decay)
+        self.ema = WeightAverage(self.algorithm, cfg.ema_decay) if cfg.ema_decay > 0 and self.trainable else None
         self.step = 0
         self.last_train: dict[str, float] = {}
         self.last_eval: dict[str, Any] | None = None
@@ -345,6 +349,10 @@ class Trainer:
                 raise CheckpointError(f"{ckpt['path']} has no optimizer/scheduler state to resume from")
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            if not ckpt.get("ema"):
+                raise CheckpointError(f"{ckpt['path']} has no EMA state to resume from")
+            self.ema.load_state_dict(ckpt["ema"])
         self.step = int(ckpt["step"])
         extra = ckpt.get("extra") or {}
         self.last_train = dict(extra.get("train_metrics") or {})
@@ -385,6 +393,7 @@ class Trainer:
                             params=self.config.params, spec=self.spec, step=self.step, config=to_dict(self.config),
                             dataset_fingerprint=self.fingerprint, optimizer=self.optimizer, scheduler=self.scheduler,
                             rng=rng, copies=[self.ckpt_dir / LAST_NAME],
+                            ema=self.ema.state_dict() if self.ema is not None else None,
                             extra={"world_size": self.ctx.world_size, "train_metrics": self.last_train,
                                    "eval_metrics": self.last_eval, **(extra or {}),
                                    **({"aux_head": {k: v.detach().cpu() for k, v in self.aux.state_dict().items()}}
@@ -393,7 +402,10 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict[str, Any] | None:
-        """Roll the current policy out in simulation (rank 0; other ranks wait). None when eval.env is unset."""
+        """Roll the current policy out in simulation (rank 0; other ranks wait). None when eval.env is unset.
+
+        With ema_decay > 0 the policy evaluated is the moving average of the weights (what `irvs export` writes).
+        """
         ev = self.config.eval
         if ev.env is None:
             return None
@@ -408,8 +420,9 @@ class Trainer:
             was_training = self.algorithm.training
             self.algorithm.eval()
             t0 = time.perf_counter()
+            averaged = self.ema.swapped_into(self.algorithm) if self.ema is not None else contextlib.nullcontext()
             try:
-                with preserved_rng(self.ctx.device):
+                with preserved_rng(self.ctx.device), averaged:
                     raw = evaluate(ev.env, dict(ev.env_kwargs), lambda obs: self.algorithm.predict(adapt(obs), rng),
                                    ev.episodes, ev.seed)
             finally:
@@ -418,6 +431,7 @@ class Trainer:
             result = {k: float(v) for k, v in raw.items()
                       if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
             result["eval_seconds"] = time.perf_counter() - t0
+            raw["weights"] = "ema" if self.ema is not None else "raw"
             self._metrics.write("eval", self.step, {**raw, **result})
             log.info("step %d eval: %s", self.step, result)
         self._barrier()
@@ -507,6 +521,8 @@ class Trainer:
                     losses = {**losses, "grad_norm": torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)}
                 self.optimizer.step()
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.algorithm)
                 self.step += 1
                 count += 1
                 for key, value in losses.items():
