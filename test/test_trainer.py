@@ -300,6 +300,21 @@ def test_ema_leaves_the_raw_weights_alone_resumes_exactly_and_is_what_export_tak
         config_from_dict({**data, "ema_decay": -0.1})
 
 
+def test_eval_runs_an_implicit_policy_at_changed_argmin_settings(dataset_path, tmp_path, capsys):
+    data = _config_dict(dataset_path, algorithm="ebm_dfo", steps=5,
+                        params={"width": 16, "depth": 2, "num_counter_examples": 8, "dfo_samples": 256})
+    train(config_from_dict(data), tmp_path / "run")
+    policy = tmp_path / "ebm.onnx"
+    assert cli.main(["export", str(tmp_path / "run"), "--out", str(policy)]) == 0
+    out = tmp_path / "r.json"
+    base = ["eval", "--policy", str(policy), "--env", "particle", "--n-dim", str(N_DIM), "--episodes", "2",
+            "--out", str(out)]
+    assert cli.main([*base, "--argmin", "iterations=1", "--argmin", "num_samples=64"]) == 0
+    assert json.loads(out.read_text())["argmin_overrides"] == {"iterations": 1, "num_samples": 64}
+    capsys.readouterr()
+    assert cli.main([*base, "--argmin", "sigma=1"]) == 2
+    assert "unknown argmin override(s) ['sigma']" in capsys.readouterr().err
+
 
 def test_select_evaluates_every_checkpoint_and_exports_the_best(dataset_path, tmp_path, capsys):
     from irvs_ros.runtime.policy_file import load_policy

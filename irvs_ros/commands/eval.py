@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1000, help="episode i resets with seed + i (default 1000)")
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--eta-inv", type=float, default=None, help="IRvS tilt toward high return (default: file's)")
+    parser.add_argument("--argmin", action="append", default=None, metavar="KEY=VALUE",
+                        help="argmin setting to change (repeatable), e.g. iterations=5, num_samples=4096 for DFO "
+                             "(default: the file's)")
     parser.add_argument("--one-at-a-time", action="store_true",
                         help="run episodes one by one (batch 1) instead of in lockstep")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -46,12 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def policy_for_env(path: str | Path, env_name: str | None, env_kwargs: dict[str, Any], *, seed: int,
-                   eta_inv: float | None = None) -> tuple[Any, str, dict[str, Any], dict[str, Any]]:
+                   eta_inv: float | None = None, argmin: dict[str, Any] | None = None
+                   ) -> tuple[Any, str, dict[str, Any], dict[str, Any]]:
     """Load a policy file for rollouts: (act_fn, env name, env kwargs, description).
 
     Without `env_name` the environment recorded in the file is used (its kwargs under `env_kwargs`); a pixel
-    policy gets images of its size. The policy's sampling uses numpy.random.default_rng(seed). ValueError
-    (SpecError, PolicyFileError) when the file does not fit the environment.
+    policy gets images of its size; `argmin` changes the file's argmin settings (e.g. {"iterations": 5}). The
+    policy's sampling uses numpy.random.default_rng(seed). ValueError (SpecError, PolicyFileError) when the file
+    does not fit the environment.
     """
     import numpy as np
 
@@ -59,10 +64,11 @@ def policy_for_env(path: str | Path, env_name: str | None, env_kwargs: dict[str,
     from irvs_ros.runtime.spec import observation_adapter
     from irvs_ros.sim.registry import make_env, state_layout
 
-    policy = load_policy(path, eta_inv=eta_inv)
+    policy = load_policy(path, eta_inv=eta_inv, argmin_overrides=argmin)
     rng = np.random.default_rng(seed)
     spec = policy.spec
     description = {"algorithm": policy.algorithm, "eta_inv": policy.eta_inv, "argmin": policy.argmin.get("method"),
+                   **({"argmin_overrides": dict(argmin)} if argmin else {}),
                    "dataset_fingerprint": policy.metadata.get("dataset_fingerprint")}
     if env_name is None:
         env_name = spec.extra.get("env")
@@ -153,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             if oracle_kwargs:
                 raise ValueError("--oracle options apply to --policy oracle only")
-            act_fn, env_name, env_kwargs, description = policy_for_env(args.policy, args.env, env_kwargs,
-                                                                       seed=args.seed, eta_inv=args.eta_inv)
+            act_fn, env_name, env_kwargs, description = policy_for_env(
+                args.policy, args.env, env_kwargs, seed=args.seed, eta_inv=args.eta_inv,
+                argmin=parse_kwargs(args.argmin, "argmin setting"))
         probe = make_env(env_name, **env_kwargs)
         try:
             videos, fps = _video_plan(args, probe, env_name)
