@@ -31,7 +31,8 @@ def provenance(path: str) -> dict[str, Any]:
     policy = load_policy(path)
     meta = policy.metadata
     try:
-        steps = json.loads(meta.get("train_config", "{}")).get("steps")
+        train_config = json.loads(meta.get("train_config", "{}"))
+        steps = train_config.get("export_step", train_config.get("steps"))  # the checkpoint's step when recorded
     except ValueError:
         steps = None
     return {"policy": path, "algorithm": policy.algorithm, "eta_inv": policy.eta_inv, "train_steps": steps,

@@ -239,7 +239,7 @@ def test_load_for_export_rebuilds_the_policy(dataset_path, tmp_path):
     after = algo.predict(obs, np.random.default_rng(0))
     assert before.shape == (7, N_DIM)
     np.testing.assert_array_equal(before, after)
-    assert config == {**to_dict(cfg), "export_weights": "raw"} and fingerprint == ds.fingerprint
+    assert config == {**to_dict(cfg), "export_weights": "raw", "export_step": 10} and fingerprint == ds.fingerprint
     assert algo.spec == result.algorithm.spec
 
 
@@ -327,6 +327,7 @@ def test_select_evaluates_every_checkpoint_and_exports_the_best(dataset_path, tm
     assert cli.main(argv) == 0
     report = json.loads((tmp_path / "run" / "selection_ema.json").read_text())
     assert [r["step"] for r in report["rows"]] == [20, 30] and {r["weights"] for r in report["rows"]} == {"ema"}
+    assert report["command"].startswith(f"irvs select {tmp_path / 'run'} ") and "--run" not in report["command"]
     best = max(report["rows"], key=lambda r: (r["success_rate"], r["mean_return"], r["step"]))
     assert report["chosen_step"] == best["step"] and f"chosen: step {best['step']}" in capsys.readouterr().out
 

@@ -212,9 +212,10 @@ def algorithm_from_checkpoint(ckpt: dict[str, Any], weights: str = "auto") -> Al
 def load_for_export(path_or_run_dir: str | Path, weights: str = "auto") -> tuple[Algorithm, dict, str]:
     """(algorithm on CPU in eval mode, training config dict, dataset fingerprint) from a checkpoint or run dir.
 
-    weights: as in `algorithm_from_checkpoint`; the config dict records the choice under "export_weights".
+    weights: as in `algorithm_from_checkpoint`; the config dict records the choice under "export_weights" and the
+    checkpoint's optimizer step under "export_step" (the config's "steps" is the run's target).
     """
     ckpt = load_checkpoint(path_or_run_dir, map_location="cpu")
     algorithm = algorithm_from_checkpoint(ckpt, weights)
-    config = {**dict(ckpt["config"]), "export_weights": weights_used(ckpt, weights)}
+    config = {**dict(ckpt["config"]), "export_weights": weights_used(ckpt, weights), "export_step": int(ckpt["step"])}
     return algorithm, config, str(ckpt["dataset_fingerprint"])
