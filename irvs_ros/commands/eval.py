@@ -117,7 +117,8 @@ def _check_fit(spec: Any, env: Any) -> None:
 
 
 def _video_plan(args: argparse.Namespace, env: Any, env_name: str) -> tuple[dict[int, Path], float]:
-    """({episode index: video file}, fps) from --video / --video-episodes / --video-format / --video-fps."""
+    """({episode index: video file}, fps) from --video / --video-episodes / --video-format / --video-fps (`env` may
+    be None without --video)."""
     if args.video is None:
         if args.video_episodes is not None:
             raise ValueError("--video-episodes needs --video DIR")
@@ -162,11 +163,13 @@ def run(args: argparse.Namespace) -> int:
             act_fn, env_name, env_kwargs, description = policy_for_env(
                 args.policy, args.env, env_kwargs, seed=args.seed, eta_inv=args.eta_inv,
                 argmin=parse_kwargs(args.argmin, "argmin setting"))
-        probe = make_env(env_name, **env_kwargs)
+        # policy_for_env already built an environment to check the fit; build one here only to plan videos.
+        probe = make_env(env_name, **env_kwargs) if args.video is not None else None
         try:
             videos, fps = _video_plan(args, probe, env_name)
         finally:
-            probe.close()
+            if probe is not None:
+                probe.close()
         start = time.perf_counter()
         result = evaluate(env_name, env_kwargs, act_fn, args.episodes, args.seed, batch=not args.one_at_a_time,
                           max_batch=args.batch_size, videos=videos, video_fps=fps)

@@ -76,17 +76,19 @@ class WeightAverage:
     def swapped_into(self, module: nn.Module) -> Iterator[nn.Module]:
         """Run a block (evaluation) with the averaged parameters in `module`; the raw ones come back after."""
         raw = {name: p.detach().clone() for name, p in module.named_parameters() if name in self.params}
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if name in self.params:
-                    p.copy_(self.params[name])
+        _copy_into(module, self.params)
         try:
             yield module
         finally:
-            with torch.no_grad():
-                for name, p in module.named_parameters():
-                    if name in raw:
-                        p.copy_(raw[name])
+            _copy_into(module, raw)
+
+
+@torch.no_grad()
+def _copy_into(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Overwrite `module`'s parameters named in `tensors` with their values, in place."""
+    for name, p in module.named_parameters():
+        if name in tensors:
+            p.copy_(tensors[name])
 
 
 def averaged_state_dict(model_state: dict[str, Any], ema_state: dict[str, Any] | None) -> dict[str, Any]:
