@@ -30,11 +30,8 @@ def provenance(path: str) -> dict[str, Any]:
 
     policy = load_policy(path)
     meta = policy.metadata
-    try:
-        train_config = json.loads(meta.get("train_config", "{}"))
-        steps = train_config.get("export_step", train_config.get("steps"))  # the checkpoint's step when recorded
-    except ValueError:
-        steps = None
+    train_config = policy.train_config
+    steps = train_config.get("export_step", train_config.get("steps"))  # the checkpoint's step when recorded
     return {"policy": path, "algorithm": policy.algorithm, "eta_inv": policy.eta_inv, "train_steps": steps,
             "dataset_fingerprint": (meta.get("dataset_fingerprint") or "")[:16],
             "size_mb": round(Path(path).stat().st_size / 1e6, 2)}

@@ -1,6 +1,7 @@
 """The push-insert skill: policy_node (5 Hz) -> interpolator_node (100 Hz) -> the xArm6, or the PyBullet cell.
 
-    ros2 launch irvs_ros push_insert.launch.py use_sim:=true model:=models/push_insert_irvs.onnx [eta_inv:=1.0]
+    ros2 launch irvs_ros push_insert.launch.py use_sim:=true model:=models/push_insert.onnx [eta_inv:=1.0] \
+        [argmin_samples:=4096]
     ros2 launch irvs_ros push_insert.launch.py model:=... robot_ip:=192.168.1.185 camera:=realsense
 
 The graph (arguments, nodes, parameter files, overrides, refusals) is irvs_ros.nodes.graph_description's

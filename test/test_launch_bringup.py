@@ -229,7 +229,12 @@ def test_launch_file_agrees_with_the_description(path, monkeypatch):
 def test_description_maps_arguments_to_typed_parameters():
     nodes = {n.name: n for n in gd.resolve("push_insert", {"use_sim": "True", "model": "p.onnx", "eta_inv": "2"})}
     assert list(nodes) == ["sim_node", "interpolator_node", "policy_node"]
-    assert nodes["policy_node"].overrides == {"use_sim_time": True, "model": "p.onnx", "eta_inv": 2.0}
+    assert nodes["policy_node"].overrides == {"use_sim_time": True, "model": "p.onnx", "eta_inv": 2.0,
+                                              "argmin_samples": 0}  # the default: the file's
+    given = {"use_sim": "true", "model": "p.onnx", "argmin_samples": "4096"}
+    assert {n.name: n for n in gd.resolve("push_insert", given)}["policy_node"].overrides["argmin_samples"] == 4096
+    with pytest.raises(gd.GraphDescriptionError):
+        gd.resolve("push_insert", {**given, "argmin_samples": "many"})
     assert nodes["sim_node"].overrides == {"task": "push_insert"}
     assert nodes["interpolator_node"].param_files == (ROOT / "config" / "interpolator_node.yaml",)
     with pytest.raises(gd.GraphDescriptionError, match="expected a number"):
@@ -278,13 +283,15 @@ def test_bringup_refuses_pending_branches_and_bad_arguments():
 
 
 def test_bringup_dry_run_prints_the_node_commands():
-    out = _run_bringup("push_insert", "--sim", "--model", "/tmp/p 1.onnx", "--eta-inv", "0.5", "--dry-run")
+    out = _run_bringup("push_insert", "--sim", "--model", "/tmp/p 1.onnx", "--eta-inv", "0.5", "--argmin-samples",
+                       "4096", "--dry-run")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert [line.split()[0].rsplit("/", 1)[-1] for line in lines] == ["sim_node", "interpolator_node", "policy_node"]
     policy = lines[2]
     assert f"--params-file {ROOT / 'config' / 'policy_node.yaml'}" in policy
     assert '-p model:="/tmp/p 1.onnx"' in policy and "-p eta_inv:=0.5" in policy and "use_sim_time:=true" in policy
+    assert "-p argmin_samples:=4096" in policy
     assert '-p task:="push_insert"' in lines[0]
     sim = _run_bringup("sim", "--arg", "task:=push_insert", "--real-time-factor", "0", "--dry-run")
     assert sim.returncode == 0, sim.stderr

@@ -101,7 +101,7 @@ def test_publishes_setpoints_at_5_hz_from_fresh_images(graph):
     time.sleep(0.1)
     d = policy_diag(graph)
     assert int(d["decisions"]) >= 10 and d["algorithm"] == "irvs" and d["argmin"] == "dfo"
-    assert float(d["eta_inv"]) == 1.0
+    assert float(d["eta_inv"]) == 1.0 and int(d["argmin_samples"]) == 64  # the file's
     assert 0 < float(d["latency_compute_p50_ms"]) < 1000 and np.isfinite(float(d["latency_image_to_setpoint_p99_ms"]))
     assert np.isfinite(float(d["energy"])) and 0.0 <= float(d["predicted_return"]) <= 1.0
     assert "CPUExecutionProvider" in d["providers"]
@@ -130,6 +130,16 @@ def test_missing_or_bad_model_is_a_clear_error(graph, tmp_path):
         PolicyNode(**graph.node_kwargs())
     with pytest.raises(NodeConfigError, match="policy_node: .*nope.onnx"):
         PolicyNode(**graph.node_kwargs(model=str(tmp_path / "nope.onnx")))
+
+
+def test_argmin_samples_parameter_overrides_the_files(graph, model):
+    node = PolicyNode(**graph.node_kwargs(model=model, argmin_samples=128))
+    try:
+        assert node.policy.argmin["num_samples"] == 128 and node.policy.argmin["iterations"] == 3
+    finally:
+        node.destroy_node()
+    with pytest.raises(NodeConfigError, match="argmin_samples"):
+        PolicyNode(**graph.node_kwargs(model=model, argmin_samples=-1))
 
 
 def test_diagnostics_keep_coming_while_decisions_saturate_the_node(graph, tmp_path):

@@ -335,6 +335,38 @@ def test_export_command_checks_energies_and_accepts_only_dfo_near_ties(tmp_path,
     assert "energies differ" in capsys.readouterr().err
 
 
+def test_export_command_sets_the_files_argmin_and_verifies_with_the_trained_one(tmp_path, capsys):
+    from irvs_ros.learn.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    params = {**SMALL, "num_counter_examples": 8, "dfo_samples": 64}
+    ebm = make_algorithm("ebm_dfo", _spec(), params)
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "last.pt", algorithm=ebm, algorithm_name="ebm_dfo", params=params,
+                    spec=ebm.spec, step=1, config={"algorithm": "ebm_dfo"}, dataset_fingerprint="fp")
+    out = tmp_path / "ebm.onnx"
+    assert cli.main(["export", str(run), "--out", str(out), "--argmin", "num_samples=256"]) == 0
+    printed = capsys.readouterr().out
+    assert "changed from the trained {'num_samples': 64} to {'num_samples': 256}" in printed
+    # Verification acted with the trained 64 samples, so torch and the file agree (no near-tie excuse needed).
+    assert "verify: max |torch - onnx| / action range" in printed and "near-tie" not in printed, printed
+    policy = load_policy(out)
+    assert policy.argmin["num_samples"] == 256 and policy.argmin["iterations"] == 3
+    assert policy.train_config["export_argmin"] == {"set": {"num_samples": 256}, "trained": {"num_samples": 64}}
+    # The file's new setting is what runs: the same seed gives what 256 samples give at load time.
+    obs = {"state": _state(2)}
+    at_64 = load_policy(out, argmin_overrides={"num_samples": 64}).act(obs, np.random.default_rng(1))
+    np.testing.assert_allclose(at_64, ebm.predict(obs, np.random.default_rng(1)), atol=1e-4)
+    assert not np.array_equal(policy.act(obs, np.random.default_rng(1)), at_64)
+
+    before = out.read_bytes()
+    for bad, why in (("method=langevin", "may not change"), ("num_samples=0", "num_samples"),
+                     ("temperature=2", "unknown argmin override"), ("num_samples", "not KEY=VALUE")):
+        assert cli.main(["export", str(run), "--out", str(out), "--argmin", bad]) == 2, bad
+        assert why in capsys.readouterr().err, bad
+    assert out.read_bytes() == before  # a refused export leaves the file alone
+
+
 def test_runtime_never_imports_torch(files):
     code = (
         "import sys, numpy as np\n"

@@ -29,8 +29,8 @@ HELP = "start a ROS graph (sim, push_insert, teleop_record) without ros2 launch:
 STOP_TIMEOUT = 10.0  # wall s a node gets to exit after SIGINT (then SIGTERM, then SIGKILL)
 
 # CLI option -> launch argument (`--arg NAME:=VALUE` sets any other).
-OPTION_ARGS = {"model": "model", "eta_inv": "eta_inv", "robot_ip": "robot_ip", "camera": "camera", "task": "task",
-               "real_time_factor": "real_time_factor"}
+OPTION_ARGS = {"model": "model", "eta_inv": "eta_inv", "argmin_samples": "argmin_samples", "robot_ip": "robot_ip",
+               "camera": "camera", "task": "task", "real_time_factor": "real_time_factor"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sim", action="store_true", help="use_sim:=true: the PyBullet cell instead of the robot")
     parser.add_argument("--model", help="model:= policy file (.onnx)")
     parser.add_argument("--eta-inv", dest="eta_inv", help="eta_inv:= IRvS tilt (< 0: the policy file's value)")
+    parser.add_argument("--argmin-samples", dest="argmin_samples",
+                        help="argmin_samples:= argmin candidates per decision (0: the policy file's value)")
     parser.add_argument("--robot-ip", dest="robot_ip", help="robot_ip:= xArm6 controller address")
     parser.add_argument("--camera", help="camera:= realsense | sim")
     parser.add_argument("--task", help="task:= push | push_insert")

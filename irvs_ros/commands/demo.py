@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "training seed, default 0)")
     parser.add_argument("--eta-inv", dest="eta_inv", type=float, default=None,
                         help="IRvS tilt toward high return (default: the policy file's)")
+    parser.add_argument("--argmin-samples", dest="argmin_samples", type=int, default=None,
+                        help="argmin candidates per decision (default: the policy file's)")
     parser.add_argument("--task", choices=("push", "push_insert"), default=None,
                         help="simulated task (default: the one the policy file was trained on, else push_insert)")
     parser.add_argument("--time-limit", dest="time_limit", type=float, default=None,
@@ -132,13 +134,15 @@ def policy_task(model: Path) -> str | None:
     return env if env in ("push", "push_insert") else None
 
 
-def graph_nodes(model: Path, eta_inv: float | None, task: str) -> list:
+def graph_nodes(model: Path, eta_inv: float | None, task: str, argmin_samples: int | None = None) -> list:
     """The nodes of the push_insert graph in simulation for `model`, with the demo's sim_node settings."""
     from irvs_ros.nodes import graph_description as gd
 
     given = {"use_sim": "true", "model": str(model)}
     if eta_inv is not None:
         given["eta_inv"] = repr(float(eta_inv))
+    if argmin_samples is not None:
+        given["argmin_samples"] = str(int(argmin_samples))
     try:
         nodes = gd.resolve(GRAPH, given)
     except gd.GraphDescriptionError as e:
@@ -187,12 +191,14 @@ def run_graph_demo(args: argparse.Namespace) -> int:
         raise DemoArgumentError(f"--time-limit must be > 0 simulated seconds, got {args.time_limit}")
     if args.reruns < 0:
         raise DemoArgumentError(f"--reruns must be >= 0, got {args.reruns}")
+    if args.argmin_samples is not None and args.argmin_samples < 1:
+        raise DemoArgumentError(f"--argmin-samples must be >= 1, got {args.argmin_samples}")
     domain = default_domain_id() if args.domain_id is None else args.domain_id
     if not 0 <= domain <= 232:
         raise DemoArgumentError(f"--domain-id must be in [0, 232], got {domain}")
     model = model_path(args.model)
     task = args.task or policy_task(model) or GRAPH
-    nodes = graph_nodes(model, args.eta_inv, task)
+    nodes = graph_nodes(model, args.eta_inv, task, args.argmin_samples)
     seeds = list(range(seed, seed + episodes))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +210,8 @@ def run_graph_demo(args: argparse.Namespace) -> int:
         if key in env:
             os.environ[key] = env[key]
     print(f"[demo] policy {model}  task {task}  seeds {seeds[0]}..{seeds[-1]}  eta_inv "
-          f"{'file' if args.eta_inv is None else args.eta_inv}", flush=True)
+          f"{'file' if args.eta_inv is None else args.eta_inv}  argmin samples "
+          f"{'file' if args.argmin_samples is None else args.argmin_samples}", flush=True)
     print(f"[demo] starting {', '.join(n.name for n in nodes)} (ROS_DOMAIN_ID={domain}, lockstep on sim time); "
           f"node logs: {log_path}", flush=True)
 
@@ -240,7 +247,8 @@ def run_graph_demo(args: argparse.Namespace) -> int:
         finally:
             graph.stop()
 
-    result = {"graph": GRAPH, "task": task, "model": str(model), "eta_inv": args.eta_inv, "seeds": seeds,
+    result = {"graph": GRAPH, "task": task, "model": str(model), "eta_inv": args.eta_inv,
+              "argmin_samples": args.argmin_samples, "seeds": seeds,
               "time_limit": args.time_limit, "domain_id": domain, "sim_overrides": SIM_OVERRIDES,
               "total_wall_time": time.monotonic() - t0, **summary.to_dict()}
     results_path = out / f"{task}_results.json"

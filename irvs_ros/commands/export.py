@@ -34,30 +34,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which weights to export: the moving average of a run trained with ema_decay > 0 "
                              "('ema'), the last optimizer step's ('raw'); 'auto' (default) takes the EMA when "
                              "the checkpoint has one")
+    parser.add_argument("--argmin", action="append", default=None, metavar="KEY=VALUE",
+                        help="argmin setting the file runs with instead of the trained one (repeatable), e.g. "
+                             "num_samples=4096 for DFO; recorded in the file's training config as export_argmin")
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from irvs_ros.learn.checkpoint import CheckpointError, load_for_export
-    from irvs_ros.learn.export import ExportError, export_policy
-    from irvs_ros.runtime.policy_file import PolicyFileError, load_policy
+    from irvs_ros.commands.demos import parse_kwargs
+    from irvs_ros.learn.checkpoint import load_for_export
+    from irvs_ros.learn.export import export_policy
+    from irvs_ros.runtime.policy_file import load_policy
 
     out = Path(args.out)
     if out.suffix != ".onnx":
         print(f"irvs export: error: --out should name a .onnx file, got {out}", file=sys.stderr)
         return 2
     try:
+        overrides = parse_kwargs(args.argmin, "argmin setting")
         algo, train_config, fingerprint = load_for_export(args.checkpoint, args.weights)
-        export_policy(algo, out, train_config=train_config, dataset_fingerprint=fingerprint, opset=args.opset)
+        export_policy(algo, out, train_config=train_config, dataset_fingerprint=fingerprint, opset=args.opset,
+                      argmin_overrides=overrides)
         policy = load_policy(out, providers=["CPUExecutionProvider"])
-    except (CheckpointError, ExportError, PolicyFileError) as e:
+        # The torch policy acts with the trained settings: verify the file's graph with those.
+        trained = policy.train_config.get("export_argmin", {}).get("trained")
+        graph_policy = load_policy(out, providers=["CPUExecutionProvider"], argmin_overrides=trained) if trained \
+            else policy
+    except ValueError as e:  # CheckpointError, ExportError, PolicyFileError and bad KEY=VALUE items
         print(f"irvs export: error: {e}", file=sys.stderr)
         return 2
     spec = policy.spec
     print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
     print(f"algorithm: {policy.algorithm}  argmin: {policy.argmin['method']}  eta_inv: {policy.eta_inv}  "
           f"weights: {train_config['export_weights']}")
+    if trained:
+        print(f"argmin settings changed from the trained {trained} to {overrides} (verified with the trained ones)")
     print(f"observation: {spec.obs.to_dict()}  action_dim: {spec.action_dim}  rate: {spec.control_rate_hz} Hz")
     if not args.verify:
         return 0
@@ -72,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                   f"(> --tolerance {args.tolerance})", file=sys.stderr)
             return 1
     torch_action = algo.predict(obs, np.random.default_rng(args.seed + 1))
-    onnx_action = policy.act(obs, np.random.default_rng(args.seed + 1))
+    onnx_action = graph_policy.act(obs, np.random.default_rng(args.seed + 1))
     action_range = np.asarray(spec.action_high) - np.asarray(spec.action_low)
     err = float(np.max(np.abs(torch_action - onnx_action) / action_range))
     print(f"verify: max |torch - onnx| / action range = {err:.2e} on {len(torch_action)} random observations")

@@ -25,6 +25,7 @@ from irvs_ros.runtime.policy_file import (
     PolicyFileError,
     check_argmin,
     check_io_names,
+    checked_argmin_overrides,
 )
 
 
@@ -33,7 +34,8 @@ class ExportError(ValueError):
 
 
 def export_policy(algo: Algorithm, path: str | os.PathLike, *, train_config: dict | None = None,
-                  dataset_fingerprint: str = "", opset: int = 17) -> Path:
+                  dataset_fingerprint: str = "", opset: int = 17,
+                  argmin_overrides: dict | None = None) -> Path:
     """Write `algo` as one ONNX policy file at `path` and return the path.
 
     The graph is `algo.export_graph()` traced on CPU in eval mode (the algorithm is put back on its device
@@ -41,6 +43,9 @@ def export_policy(algo: Algorithm, path: str | os.PathLike, *, train_config: dic
     stats, action bounds, control rate), argmin method and parameters, tilt eta_inv, training config,
     dataset fingerprint, creation time (UTC, ISO 8601) and torch version. The file is checked with
     onnx.checker before it replaces any file at `path`.
+    argmin_overrides: optimizer settings the file should run with instead of the trained ones (e.g.
+    {"num_samples": 4096}); the training config in the file records them under "export_argmin" as
+    {"set": overrides, "trained": the values they replace}. Graph-describing keys are refused (ExportError).
     """
     path = Path(path)
     graph_device = _device_of(algo)
@@ -55,6 +60,8 @@ def export_policy(algo: Algorithm, path: str | os.PathLike, *, train_config: dic
             check_argmin(argmin, algo.spec)
         except PolicyFileError as e:
             raise ExportError(f"{algo.name}: export graph breaks the policy-file conventions: {e}") from e
+        if argmin_overrides:
+            train_config = {**(train_config or {}), "export_argmin": _apply_overrides(algo, argmin, argmin_overrides)}
         eta_inv = float(argmin["eta_inv"])
         if not math.isfinite(eta_inv) or eta_inv < 0:
             raise ExportError(f"{algo.name}: argmin eta_inv must be finite and >= 0, got {eta_inv}")
@@ -103,6 +110,18 @@ def export_policy(algo: Algorithm, path: str | os.PathLike, *, train_config: dic
     tmp.write_bytes(model.SerializeToString())
     os.replace(tmp, path)
     return path
+
+
+def _apply_overrides(algo: Algorithm, argmin: dict, overrides: dict) -> dict:
+    """Apply argmin `overrides` in place (ExportError when refused); {"set": ..., "trained": ...} to record."""
+    try:
+        checked = checked_argmin_overrides(argmin, overrides, f"the {algo.name} export graph")
+        check_argmin({**argmin, **checked}, algo.spec)  # types and ranges of the new values
+    except PolicyFileError as e:
+        raise ExportError(f"{algo.name}: {e}") from e
+    trained = {k: argmin[k] for k in checked}
+    argmin.update(checked)
+    return {"set": checked, "trained": trained}
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:

@@ -3,10 +3,10 @@
 Every `period` seconds of the node clock (sim time under use_sim_time) it takes the newest image from
 `/camera/camera/color/image_raw`; if none arrived or the newest is older than `max_image_age` (by its header
 stamp) it holds: warns and publishes nothing. Otherwise it crops/resizes the image to the policy's input
-(`image_ops.crop_resize`), acts (`runtime.policy_file.Policy.act_with_info`: the argmin the file names, IRvS tilt
-`eta_inv`), and publishes `/irvs/setpoint` = previous setpoint + action, through the envelope's step and
-workspace limits (`control.Envelope.apply_delta`). The first previous setpoint is the effector pose
-(`/irvs/ee_pose`) or `start_xy`.
+(`image_ops.crop_resize`), acts (`runtime.policy_file.Policy.act_with_info`: the argmin the file names, with
+`argmin_samples` candidates when set, IRvS tilt `eta_inv`), and publishes `/irvs/setpoint` = previous setpoint +
+action, through the envelope's step and workspace limits (`control.Envelope.apply_delta`). The first previous
+setpoint is the effector pose (`/irvs/ee_pose`) or `start_xy`.
 
 `/diagnostics` (1 Hz): decision latency (compute: image taken -> setpoint published; and image received ->
 setpoint published) p50 / p99 / last in ms, the chosen action's energy, the predicted return, decisions,
@@ -75,6 +75,8 @@ PARAMS: dict[str, Param] = {
     "period": Param(float, "decision period (s, node clock)", positive),
     "max_image_age": Param(float, "newest image older than this (s) -> hold", positive),
     "seed": Param(int, "seed of the argmin's sampling"),
+    "argmin_samples": Param(int, "argmin candidates per decision (DFO / Langevin num_samples); 0 = the file's",
+                            non_negative),
     "image_topic": Param(str, "camera images in (Image)"),
     "setpoint_topic": Param(str, "absolute TCP setpoints out (PoseStamped)"),
     "ee_pose_topic": Param(str, "effector pose in (PoseStamped)"),
@@ -103,8 +105,10 @@ class PolicyNode(Node):
             self.params = p = declare_parameters(self, NODE_NAME, PARAMS)
             self.envelope = envelope_from_params(p, SETPOINT_ENVELOPE_KEYS)
             eta = None if p["eta_inv"] < 0 else p["eta_inv"]
-            self.policy = load_policy(p["model"], eta_inv=eta, providers=_providers(p["providers"]),
-                                      threads=p["threads"], spinning=p["spinning"])
+            samples = {"num_samples": p["argmin_samples"]} if p["argmin_samples"] else None
+            self.policy = load_policy(p["model"], eta_inv=eta, argmin_overrides=samples,
+                                      providers=_providers(p["providers"]), threads=p["threads"],
+                                      spinning=p["spinning"])
             obs = self.policy.spec.obs
             if obs.image_shape is None:
                 raise NodeConfigError(f"{NODE_NAME}: {p['model']} is a state-only policy; policy_node acts on images")
@@ -270,7 +274,9 @@ class PolicyNode(Node):
             "latency_image_to_setpoint_p99_ms": percentile_ms(e2e, 99),
             "energy": self.last_energy, "predicted_return": self.last_return,
             "eta_inv": self.policy.eta_inv, "algorithm": self.policy.algorithm,
-            "argmin": self.policy.argmin.get("method", ""), "providers": ",".join(self.policy.providers),
+            "argmin": self.policy.argmin.get("method", ""),
+            "argmin_samples": int(self.policy.argmin.get("num_samples", 0)),
+            "providers": ",".join(self.policy.providers),
             "precision": self.policy.precision,
         }
         if self.setpoint is not None:

@@ -181,6 +181,12 @@ class Policy:
         """Tilt toward high return used by `act` (0 for IBC / files without a return column)."""
         return self._eta_inv
 
+    @property
+    def train_config(self) -> dict:
+        """The training config the file records ({} when empty), with the export's own keys (export_weights,
+        export_step, export_argmin)."""
+        return json.loads(self.metadata.get("train_config") or "{}")
+
     def act(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         """Actions (B, A) float32 in raw units for a batch of observations ("state" (B, S), "image" (B, H, W, 3))."""
         return self.act_with_info(obs, rng)[0]
@@ -435,7 +441,7 @@ def load_policy(path: str | os.PathLike, *, eta_inv: float | None = None, argmin
     check_argmin(argmin, spec)
     argmin = dict(argmin)
     if argmin_overrides:
-        argmin.update(_checked_overrides(argmin, argmin_overrides, path))
+        argmin.update(checked_argmin_overrides(argmin, argmin_overrides, path.name))
     eta = file_eta if eta_inv is None else float(eta_inv)
     if not math.isfinite(eta) or eta < 0:
         raise PolicyFileError(f"eta_inv must be finite and >= 0, got {eta}")
@@ -508,10 +514,12 @@ def _json_dict(meta: dict[str, str], key: str, path: Path) -> dict:
     return value
 
 
-def _checked_overrides(argmin: dict, overrides: dict, path: Path) -> dict:
+def checked_argmin_overrides(argmin: dict, overrides: dict, where: str) -> dict:
+    """`overrides` of the optimizer parameters in `argmin` (a policy's argmin metadata), checked: PolicyFileError
+    for keys that describe the graph (`where` names it in the message), for eta_inv, or for keys the method lacks."""
     structural = sorted(k for k in overrides if k in _STRUCTURAL_KEYS)
     if structural:
-        raise PolicyFileError(f"argmin_overrides may not change {structural}: they describe the graph in {path.name}")
+        raise PolicyFileError(f"argmin_overrides may not change {structural}: they describe the graph in {where}")
     if "eta_inv" in overrides:
         raise PolicyFileError("pass eta_inv as load_policy(eta_inv=...), not in argmin_overrides")
     cfg = optimizer_config(argmin)
