@@ -132,6 +132,18 @@ def test_missing_or_bad_model_is_a_clear_error(graph, tmp_path):
         PolicyNode(**graph.node_kwargs(model=str(tmp_path / "nope.onnx")))
 
 
+def test_decisions_do_not_share_a_callback_group_with_the_clock(graph):
+    # /clock messages during a decision must not find their group busy: this rclpy's MultiThreadedExecutor then
+    # busy-loops holding the GIL and a 60 ms decision took 2 s on the lockstep graph (see PolicyNode.__init__).
+    node = graph.policy
+    clock = [s for s in node.subscriptions if s.topic_name == "/clock"]
+    assert len(clock) == 1, [s.topic_name for s in node.subscriptions]
+    decision_group = node._timer.callback_group
+    assert clock[0].callback_group is not decision_group
+    assert all(s.callback_group is not decision_group for s in node.subscriptions)
+    assert [srv.callback_group for srv in node.services if srv.srv_name.endswith("/enable")] == [decision_group]
+
+
 def test_argmin_samples_parameter_overrides_the_files(graph, model):
     node = PolicyNode(**graph.node_kwargs(model=model, argmin_samples=128))
     try:

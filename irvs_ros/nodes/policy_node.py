@@ -142,8 +142,14 @@ class PolicyNode(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self._pub = self.create_publisher(PoseStamped, p["setpoint_topic"], COMMAND_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._timer = self.create_timer(p["period"], self._decide)
-        self.create_service(SetBool, "~/enable", self._on_enable)  # default group: never during a decision
+        # Decisions and ~/enable share a group of their own (enable never runs during a decision), apart from the
+        # default group, which holds rclpy's /clock subscription. Were they in the default group, every /clock
+        # message arriving during a decision (the lockstep sim re-publishes its clock every 50 ms while it waits)
+        # would find its group busy, and this rclpy's MultiThreadedExecutor then busy-loops holding the GIL
+        # (nodes.common.run_node) until the decision ends: a 60 ms decision (4096 DFO samples) took 2 s and more.
+        decision_group = MutuallyExclusiveCallbackGroup()
+        self._timer = self.create_timer(p["period"], self._decide, callback_group=decision_group)
+        self.create_service(SetBool, "~/enable", self._on_enable, callback_group=decision_group)
         # Its own group: a decision that takes longer than the period keeps the default group's timer always ready,
         # which would starve a diagnostics timer sharing that group (no diagnostics while acting).
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics,
