@@ -241,6 +241,8 @@ class PolicyNode(Node):
         if not res.accepted:
             self.errors += 1
             self.last_error = res.reason
+            self.get_logger().error(f"action rejected by the envelope, holding: {res.reason}",
+                                    throttle_duration_sec=1.0)
             return
         out = PoseStamped()
         out.header.stamp = self.get_clock().now().to_msg()
