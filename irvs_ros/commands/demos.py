@@ -64,11 +64,13 @@ def env_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def command_line(name: str, args: argparse.Namespace, positional: str = "env_kwargs") -> str:
-    """A canonical `irvs NAME ...` command line that reproduces the parsed arguments."""
-    parts = ["irvs", name]
+def command_line(name: str, args: argparse.Namespace, positional: str = "env_kwargs",
+                 leading: tuple[str, ...] = ()) -> str:
+    """A canonical `irvs NAME ...` command line that reproduces the parsed arguments; the `leading` positionals
+    (e.g. ("run",)) come right after NAME, the `positional` list last."""
+    parts = ["irvs", name, *(str(getattr(args, dest)) for dest in leading)]
     for dest, value in vars(args).items():
-        if dest == positional or value is None or value is False:
+        if dest == positional or dest in leading or value is None or value is False:
             continue
         flag = "--" + dest.replace("_", "-")
         if value is True:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import shutil
 import sys
 import tempfile
@@ -113,9 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"irvs select: {exc}", file=sys.stderr)
         return 2
     weights = rows[0]["weights"]
-    options = command_line("select", argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "run"}))
-    command = options.replace("irvs select", f"irvs select {shlex.quote(str(run_dir))}", 1)
-    report = {"command": command, "run": str(run_dir), "env": rows[0]["env"],
+    report = {"command": command_line("select", args, leading=("run",)), "run": str(run_dir), "env": rows[0]["env"],
               "env_kwargs": env_kwargs, "episodes": args.episodes, "seed": args.seed, "eta_inv": args.eta_inv,
               "chosen_step": best["step"], "out": args.out, "rows": rows}
     results = run_dir / f"selection_{weights}.json"
