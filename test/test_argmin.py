@@ -80,6 +80,30 @@ def test_dfo_is_vectorised_over_observations_with_different_minima():
     assert np.all(np.linalg.norm(res.x - centers, axis=1) < 0.01)
 
 
+def test_dfo_larger_first_round_finds_a_narrow_well_that_the_default_misses():
+    """A deep well (std 0.03) at (0.7, 0.7) beside a broad shallow bowl at the origin: 64 uniform candidates
+    seldom land in the well and the resampling then refines the bowl; a first round of 4096 finds the well in
+    most observations (the refining rounds' noise still loses some), and returns num_samples (64) candidates."""
+    well = np.array([0.7, 0.7], dtype=np.float32)
+
+    def fn(x):
+        broad = np.sum(x**2, axis=-1)
+        deep = -20.0 * np.exp(-np.sum((x - well) ** 2, axis=-1) / (2 * 0.03**2))
+        return broad + deep
+
+    def found(cfg):
+        res = dfo(fn, LOW2, HIGH2, batch_size=200, cfg=cfg, rng=rng(5))
+        return res, float(np.mean(np.linalg.norm(res.x - well, axis=1) < 0.1))
+
+    plain, plain_rate = found(DfoConfig(num_samples=64))
+    wide, wide_rate = found(DfoConfig(num_samples=64, init_samples=4096))
+    check_result(wide, 200, 64, 2)
+    assert plain_rate < 0.4 and wide_rate > 0.75, (plain_rate, wide_rate)  # measured 0.29 and 0.875
+    # one round only: the best of init_samples uniform candidates
+    one = dfo(fn, LOW2, HIGH2, batch_size=2, cfg=DfoConfig(num_samples=8, iterations=1, init_samples=512), rng=rng())
+    check_result(one, 2, 512, 2)
+
+
 def test_autoregressive_dfo_finds_quadratic_minimum():
     res = autoregressive_dfo(quad_ar(C2), LOW2, HIGH2, batch_size=2, cfg=DfoConfig(), rng=rng())
     check_result(res, 2, 16384, 2)
@@ -351,6 +375,10 @@ def test_bad_configs_raise():
         DfoConfig(iterations=2.5)
     with pytest.raises(ArgminError, match="noise_scale"):
         DfoConfig(noise_scale=-0.1)
+    with pytest.raises(ArgminError, match="init_samples must be an integer >= 0"):
+        DfoConfig(init_samples=-1)
+    with pytest.raises(ArgminError, match="init_samples .* is for DFO"):
+        autoregressive_dfo(quad_ar(C2), LOW2, HIGH2, 1, DfoConfig(num_samples=8, init_samples=64), rng())
     with pytest.raises(ArgminError, match="delta_clip"):
         LangevinConfig(delta_clip=0.0)
     with pytest.raises(ArgminError, match="step_init"):

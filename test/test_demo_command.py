@@ -292,7 +292,8 @@ def test_an_episode_with_a_lockstep_timeout_is_run_again_from_its_seed(monkeypat
         n = timeouts[seed].pop(0)
         return EpisodeResult(seed=seed, success=False, reward_level=0.0, end="time_limit", steps=1, sim_time=0.2,
                              wall_time=0.1, goal_distance=0.1, inserted_fraction=None, final_state={},
-                             lockstep_timeouts=n, decisions=1, decisions_on_time=1)
+                             lockstep_timeouts=n, decisions=1, decisions_on_time=1,
+                             timeouts_by_stream={"setpoint": n} if n else {})
 
     with EpisodeRunner(domain_id=DOMAIN) as runner:  # calls nothing of a graph
         monkeypatch.setattr(runner, "run_episode", run_episode)
@@ -302,5 +303,6 @@ def test_an_episode_with_a_lockstep_timeout_is_run_again_from_its_seed(monkeypat
     assert calls == [3, 3, 4, 5, 5, 5]
     assert [(e.seed, e.reruns, e.lockstep_timeouts) for e in summary.episodes] == [(3, 1, 0), (4, 0, 0), (5, 2, 1)]
     d = summary.to_dict()
-    assert d["reruns"] == 3 and d["lockstep_timeouts"] == 1
+    assert d["reruns"] == 3 and d["lockstep_timeouts"] == 1 and d["lockstep_timeouts_by_stream"] == {"setpoint": 1}
+    assert "without an answer: setpoint 1" in summary.episodes[2].describe()
     assert "run 2 times: lockstep timeouts" in summary.episodes[0].describe()

@@ -246,6 +246,10 @@ def test_argmin_overrides_change_the_optimizer_like_the_torch_config(tmp_path):
     algo.config.dfo_samples, algo.config.dfo_iterations = 16, 2
     np.testing.assert_allclose(policy.act(obs, np.random.default_rng(4)), algo.predict(obs, np.random.default_rng(4)),
                                atol=1e-4)
+    wide = load_policy(path, argmin_overrides={"num_samples": 16, "iterations": 2, "init_samples": 256})
+    algo.config.dfo_init_samples = 256
+    np.testing.assert_allclose(wide.act(obs, np.random.default_rng(4)), algo.predict(obs, np.random.default_rng(4)),
+                               atol=1e-4)
     with pytest.raises(PolicyFileError, match=r"may not change \['method'\]"):
         load_policy(path, argmin_overrides={"method": "langevin"})
     with pytest.raises(PolicyFileError, match=r"unknown argmin override\(s\) \['samples'\]"):

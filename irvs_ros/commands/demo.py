@@ -261,8 +261,9 @@ def run_graph_demo(args: argparse.Namespace) -> int:
         print(f"[demo] {result['reruns']} episode run(s) had a lockstep timeout and were run again from their seed "
               f"(see {log_path})", file=sys.stderr)
     if result["lockstep_timeouts"]:
-        print(f"[demo] warning: the lockstep went on without an answer {result['lockstep_timeouts']} time(s); "
-              f"those episodes may depend on CPU load (see {log_path})", file=sys.stderr)
+        late = ", ".join(f"{k} {v}" for k, v in sorted(result["lockstep_timeouts_by_stream"].items()))
+        print(f"[demo] warning: the lockstep went on without an answer {result['lockstep_timeouts']} time(s) "
+              f"({late}); those episodes may depend on CPU load (see {log_path})", file=sys.stderr)
     if summary.video:
         print(f"video of seed {seeds[args.video_episode]}: {summary.video}")
     print(f"results: {results_path}")

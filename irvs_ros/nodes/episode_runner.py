@@ -94,6 +94,7 @@ class EpisodeResult:
     frames: int = 0               # camera frames recorded (for the video)
     video: str | None = None
     reruns: int = 0               # earlier runs of this seed dropped for a lockstep timeout (see EpisodeRunner.run)
+    timeouts_by_stream: dict[str, int] = field(default_factory=dict)  # lockstep_timeouts by late stream
 
     @property
     def partial(self) -> bool:
@@ -107,6 +108,9 @@ class EpisodeResult:
             extra += f"  ({self.decisions_on_time} of {self.steps} decisions on time)"
         if self.reruns:
             extra += f"  (run {self.reruns + 1} times: lockstep timeouts)"
+        if self.lockstep_timeouts:
+            late = ", ".join(f"{k} {v}" for k, v in sorted(self.timeouts_by_stream.items()))
+            extra += f"  (lockstep went on without an answer: {late or self.lockstep_timeouts})"
         return (f"seed {self.seed}: {outcome:8s} reward {self.reward_level:.1f}  steps {self.steps:3d}  "
                 f"sim {self.sim_time:5.1f} s  wall {self.wall_time:5.1f} s  goal distance "
                 f"{100 * self.goal_distance:.1f} cm{extra}")
@@ -132,8 +136,13 @@ class RunSummary:
         return float(np.mean([e.reward_level for e in self.episodes])) if self.episodes else math.nan
 
     def to_dict(self) -> dict[str, Any]:
+        by_stream: dict[str, int] = {}
+        for e in self.episodes:
+            for k, v in e.timeouts_by_stream.items():
+                by_stream[k] = by_stream.get(k, 0) + v
         return {"episodes": len(self.episodes), "success_rate": self.success_rate, "partial_rate": self.partial_rate,
                 "mean_reward": self.mean_reward, "lockstep_timeouts": sum(e.lockstep_timeouts for e in self.episodes),
+                "lockstep_timeouts_by_stream": by_stream,
                 "decisions_not_on_time": sum(e.steps - e.decisions_on_time for e in self.episodes),
                 "reruns": sum(e.reruns for e in self.episodes),
                 "wall_time": sum(e.wall_time for e in self.episodes), "video": self.video,
@@ -389,7 +398,7 @@ class EpisodeRunner:
         if start.get("seed") != seed:
             raise EpisodeError(f"{self.sim}/reset drew seed {start.get('seed')}, expected {seed}")
         self._resync(np.asarray(start["state"]["effector_xy"], dtype=np.float64))
-        timeouts0 = sum(start["lockstep_timeouts"].values())
+        timeouts0 = dict(start["lockstep_timeouts"])
         t0 = float(start["sim_time"])
         if video is not None:
             self._recorder.start(t0)
@@ -417,13 +426,15 @@ class EpisodeRunner:
         n = np.round((stamps - t0) / self.decision_period)
         on_time = int(np.sum((n >= 1) & (np.abs(stamps - t0 - n * self.decision_period - DECISION_NS * 1e-9) < 5e-7)))
         details = {k: float(state[k]) for k in ("goal_distance", "inserted_fraction") if k in state}
+        timeouts = {k: int(v) - int(timeouts0.get(k, 0)) for k, v in state["lockstep_timeouts"].items()}
+        timeouts = {k: v for k, v in timeouts.items() if v}
         return EpisodeResult(
             seed=seed, success=bool(state["success"]), reward_level=float(state["reward_level"]),
             end=state["pause_reason"], steps=steps, sim_time=float(state["episode_time"]),
             wall_time=time.monotonic() - t_wall, goal_distance=details.get("goal_distance", math.nan),
             inserted_fraction=details.get("inserted_fraction"),
             final_state={k: state["state"][k] for k in STATE_KEYS if k in state["state"]},
-            lockstep_timeouts=sum(state["lockstep_timeouts"].values()) - timeouts0,
+            lockstep_timeouts=sum(timeouts.values()), timeouts_by_stream=timeouts,
             decisions=len(stamps), decisions_on_time=on_time, frames=len(frames), video=written)
 
     def _wait_for_end(self, t0: float) -> dict[str, Any]:

@@ -81,16 +81,19 @@ class _EnergyNetConfig(ImageEncoderFields):
 
 @dataclass
 class _DfoFields:
-    """Derivative-free optimizer at inference (IBC B.1: sigma_init 0.33, K 0.5, 3 iterations)."""
+    """Derivative-free optimizer at inference (IBC B.1: sigma_init 0.33, K 0.5, 3 iterations); dfo_init_samples:
+    a larger first round (runtime.argmin.DfoConfig.init_samples; 0 = dfo_samples)."""
 
     dfo_samples: int = 1024
     dfo_iterations: int = 3
     dfo_noise_scale: float = 0.33
     dfo_noise_shrink: float = 0.5
+    dfo_init_samples: int = 0
 
     def dfo_config(self) -> argmin.DfoConfig:
         return argmin.DfoConfig(num_samples=self.dfo_samples, iterations=self.dfo_iterations,
-                                noise_scale=self.dfo_noise_scale, noise_shrink=self.dfo_noise_shrink)
+                                noise_scale=self.dfo_noise_scale, noise_shrink=self.dfo_noise_shrink,
+                                init_samples=self.dfo_init_samples)
 
     def validate_dfo(self) -> None:
         try:
@@ -165,6 +168,8 @@ class EbmAdfoConfig(_EnergyNetConfig, _DfoFields):
     def validate(self) -> None:
         _EnergyNetConfig.validate(self)
         self.validate_dfo()
+        if self.dfo_init_samples:
+            raise ConfigError("dfo_init_samples: the autoregressive DFO scores dfo_samples in every round (set 0)")
 
 
 @dataclass
