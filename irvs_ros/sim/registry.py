@@ -74,14 +74,16 @@ def _leftmost_oracle(env: LeftmostEnv, rng: np.random.Generator, p_optimal: floa
 
 
 def _push_oracle(env: PushEnv, rng: np.random.Generator, noise_std: float = 0.0,
-                 pre_push_tol: float = PRE_PUSH_TOL) -> Oracle:
-    return PushOracle(env.cfg.cell.envelope.policy_period, noise_std=noise_std, rng=rng, pre_push_tol=pre_push_tol)
+                 pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False) -> Oracle:
+    return PushOracle(env.cfg.cell.envelope.policy_period, noise_std=noise_std, rng=rng, pre_push_tol=pre_push_tol,
+                      memoryless=memoryless)
 
 
 def _push_insert_oracle(env: PushInsertEnv, rng: np.random.Generator, noise_std: float = 0.0,
-                        pre_push_tol: float = PRE_PUSH_TOL) -> Oracle:
+                        pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False) -> Oracle:
     return InsertOracle(env.cfg.cell.envelope.policy_period, noise_std=noise_std, rng=rng,
-                        block_size=env.cfg.cell.block_size, pocket=env.pocket, pre_push_tol=pre_push_tol)
+                        block_size=env.cfg.cell.block_size, pocket=env.pocket, pre_push_tol=pre_push_tol,
+                        memoryless=memoryless)
 
 
 ORACLES: dict[str, tuple[type[gym.Env], Callable[..., Oracle]]] = {
@@ -97,8 +99,8 @@ def make_oracle(name: str, env: gym.Env, rng: np.random.Generator | None = None,
     """The scripted policy for environment `name`, reading its parameters from `env`.
 
     Options: particle (switch_radius=0.01), room (noise=0.05, as a fraction of the step limit),
-    leftmost (p_optimal=1.0), push / push_insert (noise_std=0.0, pre_push_tol=0.005 m). `rng` drives the oracle's
-    own choices and noise.
+    leftmost (p_optimal=1.0), push / push_insert (noise_std=0.0, pre_push_tol=0.005 m, memoryless=False).
+    `rng` drives the oracle's own choices and noise.
     """
     if name not in ORACLES:
         raise ValueError(f"no oracle for environment {name!r}; known: {sorted(ORACLES)}")
