@@ -26,21 +26,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "push_insert.onnx"
-EPISODES = 6
+EPISODES = 10
 FIRST_SEED = 1000          # as `irvs eval --seed 1000`: the same scenes without ROS
-# The shipped model (models/push_insert.md) inserted 3 of these six on the graph in each of two runs, but not the same
-# three (1000, 1004, 1005 beside a training run; 1000, 1001, 1002 idle): over 150 decisions the lockstep's leftover
-# timing differences (nodes.lockstep) flip single episodes of this policy. 9/20 in the gym at seeds 1000..1019.
-MEASURED_SUCCESSES = 3     # successes of the shipped model in these EPISODES (measured 2026-12-03: 3/6 twice)
+# The shipped model (models/push_insert.md: the 24k-step weights at 4096 DFO samples) inserted 3 of these ten on the
+# graph on the idle machine twice (1000, 1006, 1009; 801 s; and 1001, 1005, 1006; 618 s), and 5 and 4 of the first
+# six in two other runs: over 150
+# decisions the lockstep's leftover timing differences (nodes.lockstep) flip single episodes of this policy. In the
+# gym it inserts 4 of these ten (1002, 1003, 1005, 1006) and 29/50 at seeds 1000..1049.
+MEASURED_SUCCESSES = 3     # successes of the shipped model in these EPISODES (measured 2026-12-04)
 # Episodes below the measured count that still pass (see the module docstring). Two: CI has run on Intel Xeon and on
 # AMD EPYC machines, and onnxruntime's kernels differ between them; single episodes flip even between runs on one
-# machine (above). If all six were redrawn at the model's 45%,
-# P(0 successes) = 3% while P(< 2) = 16%.
+# machine (above). If all ten were redrawn at the 40% these scenes get in the gym, P(0 successes) = 0.6%.
 MARGIN = 2
-# A lockstep wait that times out (2 s) lets the sim go on; a few happen while the node processes warm up on a
-# loaded machine (0 in these 6 episodes beside a training run when this model was measured; 13 in 4 episodes at
-# load 4 with an earlier one), so allow a few. `irvs demo` runs such an episode again from its seed once.
-MAX_LOCKSTEP_TIMEOUTS = 20
+# A lockstep wait that times out (2 s) lets the sim go on and `irvs demo` runs such an episode again from its seed
+# once, so a timeout costs time, not validity. Measured in these 10 episodes: 2 and 0 on the idle machine, 0 in 4
+# beside two busy processes, and 24 in one clean-clone `make test` on the same VM (cause not found; the failure
+# message lists the late streams: command, pose or setpoint). A broken lockstep times out at every tick (thousands).
+MAX_LOCKSTEP_TIMEOUTS = 40
 MAX_STEPS = 150            # push_insert's episode length (5 Hz decisions, 30 s of sim time)
 DOMAIN = 220 + (os.getpid() + 10) % 13  # test_launch_bringup's range, another residue (see test_demo_command)
 
@@ -58,7 +60,8 @@ def test_shipped_policy_reaches_its_success_rate_on_the_graph(tmp_path):
     assert result["model"] == str(MODEL) and result["task"] == "push_insert"
     assert result["seeds"] == list(range(FIRST_SEED, FIRST_SEED + EPISODES)) and result["episodes"] == EPISODES
     assert result["lockstep_timeouts"] <= MAX_LOCKSTEP_TIMEOUTS, (
-        f"the lockstep went on without an answer {result['lockstep_timeouts']} times:\n{out.stdout}{out.stderr}")
+        f"the lockstep went on without an answer {result['lockstep_timeouts']} times "
+        f"({result['lockstep_timeouts_by_stream']}):\n{out.stdout}{out.stderr}")
     for e in result["per_episode"]:
         # An episode ends at its first decision with a full insertion, else after the task's 150 decisions.
         assert e["end"] == ("success" if e["success"] else "time_limit"), e
