@@ -120,9 +120,12 @@ def test_irvs_demos_then_eval_oracle(tmp_path, capsys):
     results = tmp_path / "r.json"
     assert cli.main(["eval", "--policy", "oracle", "--env", "particle", "--n-dim", "2", "--episodes", "8",
                      "--seed", "1000", "--out", str(results)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     written = json.loads(results.read_text())
     assert printed["success_rate"] == written["success_rate"] == 1.0
+    # A progress bar on stderr over the episodes as they end (stdout stays the JSON).
+    assert "eval particle" in captured.err and "8/8" in captured.err and "8 successes" in captured.err
     assert len(written["per_episode"]) == 8 and written["policy"] == "oracle"
     assert written["command"].startswith("irvs eval --policy oracle --env particle --n-dim 2")
 

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
                 probe.close()
         start = time.perf_counter()
         result = evaluate(env_name, env_kwargs, act_fn, args.episodes, args.seed, batch=not args.one_at_a_time,
-                          max_batch=args.batch_size, videos=videos, video_fps=fps)
+                          max_batch=args.batch_size, videos=videos, video_fps=fps, progress=True)
     except (ValueError, FileNotFoundError, VideoError) as exc:  # SpecError is a ValueError
         print(f"irvs eval: {exc}", file=sys.stderr)
         return 2

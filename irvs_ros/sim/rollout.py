@@ -357,8 +357,10 @@ def _open_video(env: Any, path: str | os.PathLike, fps: float) -> Any:
 
 
 def _lockstep(env_name: str, env_kwargs: dict, act_fn: ActFn, indices: Sequence[int], seed: int,
-              videos: dict[int, Path], video_fps: float) -> list[dict]:
-    """Run episodes `indices` together; act_fn always sees all rows (finished rows repeat their last obs)."""
+              videos: dict[int, Path], video_fps: float,
+              on_end: Callable[[dict[str, Any]], None] | None = None) -> list[dict]:
+    """Run episodes `indices` together; act_fn always sees all rows (finished rows repeat their last obs).
+    on_end(info) is called with each episode's final info as it ends."""
     envs: list[Any] = []
     writers: dict[int, Any] = {}
     try:
@@ -385,6 +387,8 @@ def _lockstep(env_name: str, env_kwargs: dict, act_fn: ActFn, indices: Sequence[
                 obs[b], reward, terminated, truncated, infos[b] = envs[b].step(actions[b])
                 rewards[b].append(float(reward))
                 active[b] = not (terminated or truncated)
+                if not active[b] and on_end is not None:
+                    on_end(infos[b])
                 if b in writers:
                     writers[b].append(envs[b].render())
                     if not active[b]:
@@ -410,7 +414,7 @@ def _lockstep(env_name: str, env_kwargs: dict, act_fn: ActFn, indices: Sequence[
 
 def evaluate(env_name: str, env_kwargs: dict | None, act_fn: ActFn, num_episodes: int, seed: int, *,
              batch: bool = True, max_batch: int | None = None, videos: dict[int, str | os.PathLike] | None = None,
-             video_fps: float = 5.0) -> dict[str, Any]:
+             video_fps: float = 5.0, progress: bool = False) -> dict[str, Any]:
     """Run `act_fn` for `num_episodes` episodes; episode i resets with seed + i.
 
     act_fn(obs: {"state": (B, S), "image": (B, H, W, 3) uint8 when the env has images}) -> actions (B, A) in raw
@@ -421,6 +425,7 @@ def evaluate(env_name: str, env_kwargs: dict | None, act_fn: ActFn, num_episodes
     episode index of every row.
     videos: {episode index: file (.mp4 / .gif)} to record env.render() frames into (the reset frame and one per
     step, at video_fps frames per second).
+    progress: a tqdm bar on stderr over the episodes as they end, with the successes so far.
     Returns {"success_rate", "mean_reward" (mean over episodes of the average per-step reward, i.e. G_0),
     "mean_return" (mean undiscounted sum), "mean_final_reward" (mean last-step reward), "episodes",
     "per_episode": [{"index", "seed", "success", "return", "mean_reward", "final_reward", "length", ["video"],
@@ -442,9 +447,26 @@ def evaluate(env_name: str, env_kwargs: dict | None, act_fn: ActFn, num_episodes
     indices = list(range(int(num_episodes)))
     group = 1 if not batch else int(max_batch or DEFAULT_EVAL_BATCH.get(env_name, len(indices)))
     per_episode: list[dict[str, Any]] = []
-    for start in range(0, len(indices), group):
-        per_episode += _lockstep(env_name, env_kwargs, act_fn, indices[start:start + group], int(seed), videos,
-                                 video_fps)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), desc=f"eval {env_name}", unit="ep", mininterval=0.5)
+    wins = 0
+
+    def on_end(info: dict[str, Any]) -> None:
+        nonlocal wins
+        wins += bool(info.get("success", False))
+        bar.set_postfix_str(f"{wins} successes", refresh=False)
+        bar.update(1)
+
+    try:
+        for start in range(0, len(indices), group):
+            per_episode += _lockstep(env_name, env_kwargs, act_fn, indices[start:start + group], int(seed), videos,
+                                     video_fps, on_end if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     result: dict[str, Any] = {
         "success_rate": float(np.mean([e["success"] for e in per_episode])),
         "mean_reward": float(np.mean([e["mean_reward"] for e in per_episode])),
