@@ -409,3 +409,27 @@ def test_particle_config_trains(path, dataset_path, tmp_path):
     result = train(small, tmp_path / "run")
     assert result.step == (2 if result.summary["trainable"] else 0)
     assert all(math.isfinite(v) for v in result.train_metrics.values())
+
+
+def _denormals_survive() -> bool:
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal, 1.18e-38
+    return bool((tiny * 1.5).item() != 0.0)
+
+
+def test_training_flushes_denormals_while_it_runs_and_restores_them(dataset_path, tmp_path, monkeypatch):
+    """flush_denormal (default on): denormal floats are zero during the run (x86 takes a slow path on them; the
+    particle EBM trained 4x slower without it, bench/results/denormals.md) and survive again after it."""
+    assert _denormals_survive()
+    seen: list[bool] = []
+    real_step = torch.optim.Adam.step
+
+    def spying_step(self, *args, **kwargs):
+        seen.append(_denormals_survive())
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spying_step)
+    train(config_from_dict(_config_dict(dataset_path, steps=3)), tmp_path / "on")
+    assert seen == [False] * 3 and _denormals_survive()
+    seen.clear()
+    train(config_from_dict(_config_dict(dataset_path, steps=3, flush_denormal=False)), tmp_path / "off")
+    assert seen == [True] * 3 and _denormals_survive()

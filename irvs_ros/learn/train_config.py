@@ -82,6 +82,10 @@ class TrainConfig:
     control_rate_hz: decisions per second recorded in the policy spec; None takes the dataset's
         meta["control_rate_hz"] (else 5 Hz).
     device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+    flush_denormal: treat denormal floats (|x| < 1.2e-38) as zero in CPU math while training. x86 CPUs take a
+        slow path on them, and InfoNCE puts the softmax weights of easily told counter-examples there as it
+        converges: particle EBM-DFO training fell from 33 to 8 steps/s by step 3000 without it, with the same
+        losses (bench/results/denormals.md).
     log_every / checkpoint_every: in optimizer steps; the last step always logs and checkpoints.
     ddp_find_unused_parameters: passed to DistributedDataParallel (needed when a loss leaves parameters unused).
     """
@@ -108,6 +112,7 @@ class TrainConfig:
     aux_state_weight: float = 0.0
     control_rate_hz: float | None = None
     device: str = "auto"
+    flush_denormal: bool = True
     log_every: int = 100
     checkpoint_every: int = 5000
     ddp_find_unused_parameters: bool = False

@@ -441,9 +441,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> TrainResult:
         """Train up to config.steps (from the checkpoint when resuming) and return the final state."""
+        # Process-wide (this thread's CPU math): on only for the run, so callers' numerics are left as they were.
+        flushing = self.config.flush_denormal and torch.set_flush_denormal(True)
         try:
             return self._run()
         finally:
+            if flushing:
+                torch.set_flush_denormal(False)
             if self._metrics is not None:
                 self._metrics.close()
             if self.ctx.initialized_here and dist.is_initialized():
