@@ -105,3 +105,21 @@ def test_tilt_sweep_evaluates_one_irvs_file_at_each_eta_inv_on_the_same_scenes(t
     for row in report["rows"]:
         assert 0.0 <= row["success_rate"] <= 1.0 and len(row["per_episode"]) == 2
     assert f"| `{mse_policy}` | mse |  | 3 |" in both.with_suffix(".md").read_text()
+
+
+def test_denormals_bench_runs_both_settings_and_writes_its_table(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("denormals", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "denormals.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = tmp_path / "dn"
+    assert bench.main(["--steps", "4", "--log-every", "2", "--demos", "3", "--results", str(results)]) == 0
+    report = json.loads(results.with_suffix(".json").read_text())
+    assert [r["flush_denormal"] for r in report["runs"]] == [True, False]
+    assert [row["step"] for row in report["runs"][0]["rows"]] == [2, 4] == [row["step"] for row in
+                                                                            report["runs"][1]["rows"]]
+    assert report["max_loss_diff"] <= 1e-6 and report["machine"]["cpu_count"] >= 1
+    assert "| step | loss (flush on) |" in results.with_suffix(".md").read_text()
