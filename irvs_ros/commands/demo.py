@@ -216,7 +216,7 @@ def run_graph_demo(args: argparse.Namespace) -> int:
           f"node logs: {log_path}", flush=True)
 
     from irvs_ros.commands.bringup import Bringup
-    from irvs_ros.nodes.episode_runner import EpisodeError, EpisodeRunner
+    from irvs_ros.nodes.episode_runner import EpisodeError, EpisodeRunner, describe_timeouts
 
     t0 = time.monotonic()
     with open(log_path, "w") as log:
@@ -261,7 +261,7 @@ def run_graph_demo(args: argparse.Namespace) -> int:
         print(f"[demo] {result['reruns']} episode run(s) had a lockstep timeout and were run again from their seed "
               f"(see {log_path})", file=sys.stderr)
     if result["lockstep_timeouts"]:
-        late = ", ".join(f"{k} {v}" for k, v in sorted(result["lockstep_timeouts_by_stream"].items()))
+        late = describe_timeouts(result["lockstep_timeouts_by_stream"])
         print(f"[demo] warning: the lockstep went on without an answer {result['lockstep_timeouts']} time(s) "
               f"({late}); those episodes may depend on CPU load (see {log_path})", file=sys.stderr)
     if summary.video:

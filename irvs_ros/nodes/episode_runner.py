@@ -29,6 +29,7 @@ import math
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -72,6 +73,11 @@ def default_time_limit(task: str, decision_period: float = DECISION_PERIOD) -> f
     return steps * decision_period
 
 
+def describe_timeouts(by_stream: dict[str, int]) -> str:
+    """Lockstep timeouts per late stream as text, e.g. "command 2, setpoint 1" ("" for none)."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_stream.items()))
+
+
 @dataclass(frozen=True)
 class EpisodeResult:
     """One episode. reward_level: the task's final reward (push: 0 / 1; push_insert: 0 / 0.5 partial / 1 full);
@@ -109,8 +115,8 @@ class EpisodeResult:
         if self.reruns:
             extra += f"  (run {self.reruns + 1} times: lockstep timeouts)"
         if self.lockstep_timeouts:
-            late = ", ".join(f"{k} {v}" for k, v in sorted(self.timeouts_by_stream.items()))
-            extra += f"  (lockstep went on without an answer: {late or self.lockstep_timeouts})"
+            late = describe_timeouts(self.timeouts_by_stream) or self.lockstep_timeouts
+            extra += f"  (lockstep went on without an answer: {late})"
         return (f"seed {self.seed}: {outcome:8s} reward {self.reward_level:.1f}  steps {self.steps:3d}  "
                 f"sim {self.sim_time:5.1f} s  wall {self.wall_time:5.1f} s  goal distance "
                 f"{100 * self.goal_distance:.1f} cm{extra}")
@@ -136,10 +142,7 @@ class RunSummary:
         return float(np.mean([e.reward_level for e in self.episodes])) if self.episodes else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        by_stream: dict[str, int] = {}
-        for e in self.episodes:
-            for k, v in e.timeouts_by_stream.items():
-                by_stream[k] = by_stream.get(k, 0) + v
+        by_stream = dict(sum((Counter(e.timeouts_by_stream) for e in self.episodes), Counter()))
         return {"episodes": len(self.episodes), "success_rate": self.success_rate, "partial_rate": self.partial_rate,
                 "mean_reward": self.mean_reward, "lockstep_timeouts": sum(e.lockstep_timeouts for e in self.episodes),
                 "lockstep_timeouts_by_stream": by_stream,

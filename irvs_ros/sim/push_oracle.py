@@ -147,13 +147,14 @@ class PushOracle:
 
         speed = v_push
         if self.memoryless:
+            # No approach / push / stall bookkeeping: each phase is one move; nudging runs the code below.
             self.phase = self._observed_phase(ee, block, direction, theta_error, to_orient)
             if self.phase == "push_block":
                 return touching - ee, speed
+            if self.phase == "move_to_pre_block":
+                return self._around_block(ee, block, pre_block), self.v_approach
         if self.phase == "move_to_pre_block":
             delta = pre_block - ee
-            if self.memoryless:
-                return self._around_block(ee, block, pre_block), self.v_approach
             stalled = self._last_ee is not None and np.linalg.norm(ee - self._last_ee) < 5e-4 and self._stalls >= 2
             if np.linalg.norm(delta) < self.pre_push_tol or stalled:
                 # `stalled`: the envelope keeps the setpoint from the pre-push point (block near the workspace
