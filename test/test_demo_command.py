@@ -80,6 +80,27 @@ def test_gate_orders_the_decision_after_the_command_and_pose():
     assert all(e != f"clock+{DECISION_NS}" for e in events[:events.index("command")])
 
 
+def test_gate_sends_the_frame_again_while_a_setpoint_is_late():
+    gate = _gate()
+    gate.start_episode(1.0)
+    events: list = []
+
+    def resend() -> None:  # the first frame again was lost as well; the policy answers the second
+        events.append("frame")
+        if events.count("frame") == 2:
+            gate.setpoint(1.2 + DECISION_NS * 1e-9)
+
+    gate.command(1.2)
+    gate.pose(1.2)
+    assert gate.wait(1.2, republish=events.append, resend=resend) == []
+    assert events == [DECISION_NS, DECISION_NS, "frame", DECISION_NS, "frame"], events
+    events.clear()  # a setpoint in time: the frame is not sent again
+    gate.command(1.4)
+    gate.pose(1.4)
+    _later(0.005, gate.setpoint, 1.4 + DECISION_NS * 1e-9)
+    assert gate.wait(1.4, republish=events.append, resend=resend) == [] and events == [DECISION_NS], events
+
+
 def test_gate_times_out_disengages_and_reengages():
     gate = _gate(timeout=0.3)
     gate.start_episode(0.0)
@@ -254,8 +275,9 @@ def test_seeded_episodes_are_reproducible_in_lockstep(graph, tmp_path):
     for e in summary.episodes:
         assert e.end == "time_limit" and not e.success and e.reward_level == 0.0 and not e.partial
         assert e.steps == 10 and abs(e.sim_time - EPISODE_S) < 1e-6
-        assert e.decisions == e.decisions_on_time == 10  # one setpoint per decision time, each at its time
-        assert e.lockstep_timeouts == 0, graph.log_path.read_text()[-3000:]
+        # One setpoint per decision time, each at its time.
+        assert e.lockstep_timeouts == 0 and e.decisions == e.decisions_on_time == 10, \
+            (e, graph.log_path.read_text()[-3000:])
     # The scene is the gym task's scene for the seed.
     env = make_env("push_insert")
     try:

@@ -16,11 +16,12 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
+from std_srvs.srv import SetBool
 
 from irvs_ros.learn.algorithms import make_algorithm
 from irvs_ros.learn.export import export_policy
 from irvs_ros.nodes.common import SENSOR_QOS, NodeConfigError, diagnostic_values, stamp_of, to_sec
-from irvs_ros.nodes.graph import ClockDriver, InProcessGraph, TopicLog
+from irvs_ros.nodes.graph import ClockDriver, InProcessGraph, ServiceCaller, TopicLog
 from irvs_ros.nodes.image_ops import crop_resize, image_msg
 from irvs_ros.nodes.policy_node import PolicyNode
 from irvs_ros.runtime.spec import NormStats, ObsSpec, PolicySpec
@@ -123,6 +124,36 @@ def test_stale_image_means_no_new_setpoint(graph):
     graph.clock.advance(1.0, every=1 / 30, action=lambda t: publish_image(graph, t))
     time.sleep(0.2)
     assert len(graph.setpoints) >= 3
+
+
+def test_a_held_decision_is_taken_when_its_image_comes_while_the_clock_stands_still(graph):
+    """The lockstep sim holds its clock at a decision time until the setpoint came; the frame can come after the
+    clock. The decision that held for it is taken on it then, at its time; once the clock moved on it is not."""
+    caller = ServiceCaller(graph.context, "enable_caller")
+    try:
+        for late_by in (0.0, 0.01):  # sim s the clock moved on before the image came
+            graph.clock.advance(0.05)
+            t0 = graph.clock.time
+            assert caller.call(SetBool, "/policy_node/enable", SetBool.Request(data=True)).success  # decisions t0 + k/5
+            holds0 = graph.policy.stale_holds
+            graph.setpoints.clear()
+            graph.clock.advance(0.195)
+            graph.clock.advance(0.01)  # one step past the first decision time, without an image: it holds
+            deadline = time.monotonic() + 5
+            while graph.policy.stale_holds == holds0:
+                assert time.monotonic() < deadline, "the decision did not hold without an image"
+                time.sleep(0.01)
+            graph.clock.advance(late_by)
+            time.sleep(0.2)  # the clock stands still
+            publish_image(graph, t0 + 0.19)
+            time.sleep(0.3)
+            stamps = [to_sec(m.header.stamp) for m in graph.setpoints.messages]
+            if late_by:
+                assert stamps == [], stamps
+            else:
+                assert len(stamps) == 1 and abs(stamps[0] - (t0 + 0.205)) < 1e-6, (stamps, t0)
+    finally:
+        caller.close()
 
 
 def test_missing_or_bad_model_is_a_clear_error(graph, tmp_path):

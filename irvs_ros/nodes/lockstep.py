@@ -19,11 +19,14 @@ setpoint reaches the interpolator after the tick's command, to be applied from t
 SETPOINT_GRACE before that tick for the setpoint to reach the interpolator as well). While a joint command is
 late (NUDGE_FIRST), the clock is re-published NUDGE_NS (1 us) past the tick: a node that accumulates float
 deadlines (next += dt) from its own start can find the exact tick a rounding error short of its deadline, and
-/clock is best effort. What is left to chance are message deliveries to a node starved of CPU for longer than
-these margins (a frame or a setpoint a tick late); they move an episode by micrometres to millimetres.
+/clock is best effort. While a decision's setpoint is late, each re-publication of the clock also sends the
+newest camera frame again (best effort as well, it can be lost), and a policy that held its decision for want of a
+fresh frame takes it when the frame comes while the clock still stands (nodes.policy_node). What is left to chance
+are message deliveries to a node starved of CPU for longer than these margins (a frame or a setpoint a tick late);
+they move an episode by micrometres to millimetres.
 
-A stream is waited for only while it is engaged: commands and poses from their first message on, setpoints from
-an episode start or the first setpoint on. When an answer does not come within `timeout` wall seconds (a node
+A stream is waited for only while it is engaged: commands and poses from their first message on, setpoints from an
+episode start or the first setpoint on. When an answer does not come within `timeout` wall seconds (a node
 stopped, a policy holding), the sim goes on, counts a timeout and stops waiting for that stream until its next
 message, so a graph without a policy (or without an interpolator) still runs, only without that half of the
 lockstep.
@@ -146,29 +149,33 @@ class LockstepGate:
 
     # ------------------------------------------------------------------ the hold
     def wait(self, now: float, stopped: Callable[[], bool] = lambda: False,
-             republish: Callable[[int], None] | None = None) -> list[str]:
+             republish: Callable[[int], None] | None = None, resend: Callable[[], None] | None = None) -> list[str]:
         """Block until every engaged stream answered sim time `now`, `timeout` wall s passed, `stopped()` turned
         true or `release()` was called. Returns the streams that timed out (now disengaged); [] when disabled.
 
         republish(offset_ns): re-publish the clock at `now` + offset_ns (called outside the gate's lock): with
         NUDGE_NS while the joint command is late (after NUDGE_FIRST, then every NUDGE_PERIOD), and at a decision
-        time with DECISION_NS once the command is in (then every NUDGE_PERIOD), see the module docstring."""
+        time with DECISION_NS once the command is in (then every NUDGE_PERIOD), see the module docstring.
+        resend(): called with each of those later re-publications while the setpoint is late (the sim sends its
+        newest camera frame again: a best-effort frame lost on the way would otherwise hold the policy until the
+        timeout)."""
         if not self.enabled:
             return []
         deadline = time.monotonic() + self.timeout
-        late = self._wait_for(now, ("command", "pose"), deadline, stopped, republish, NUDGE_NS, NUDGE_FIRST)
+        late = self._wait_for(now, ("command", "pose"), deadline, stopped, republish, NUDGE_NS, NUDGE_FIRST, None)
         if late is None:
             return []
         decision = self.is_decision_time(now) and self.engaged("setpoint")
         if decision and republish is not None:
             republish(DECISION_NS)
-        more = self._wait_for(now, ("setpoint",), deadline, stopped, republish, DECISION_NS, NUDGE_PERIOD)
+        more = self._wait_for(now, ("setpoint",), deadline, stopped, republish, DECISION_NS, NUDGE_PERIOD, resend)
         if decision and more == []:
             time.sleep(SETPOINT_GRACE)  # let the setpoint reach the interpolator too before the next tick's clock
         return late + (more or [])
 
     def _wait_for(self, now: float, streams: tuple[str, ...], deadline: float, stopped: Callable[[], bool],
-                  republish: Callable[[int], None] | None, offset_ns: int, first: float) -> list[str] | None:
+                  republish: Callable[[int], None] | None, offset_ns: int, first: float,
+                  resend: Callable[[], None] | None) -> list[str] | None:
         """Wait for the answers of `streams` to `now` (republishing the clock at now + offset_ns); [] when they
         came or are not waited for, the late ones after a timeout (now disengaged), None when stopped/released."""
         next_nudge = time.monotonic() + first
@@ -192,5 +199,7 @@ class LockstepGate:
                     # Bounded so that a stop() that does not notify is still seen promptly.
                     self._cv.wait(min(deadline - t, next_nudge - t, 0.05))
             republish(offset_ns)
+            if resend is not None:
+                resend()
             self.nudges += 1
             next_nudge = time.monotonic() + NUDGE_PERIOD

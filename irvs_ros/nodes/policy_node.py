@@ -2,11 +2,14 @@
 
 Every `period` seconds of the node clock (sim time under use_sim_time) it takes the newest image from
 `/camera/camera/color/image_raw`; if none arrived or the newest is older than `max_image_age` (by its header
-stamp) it holds: warns and publishes nothing. Otherwise it crops/resizes the image to the policy's input
-(`image_ops.crop_resize`), acts (`runtime.policy_file.Policy.act_with_info`: the argmin the file names, with
-`argmin_samples` candidates when set, IRvS tilt `eta_inv`), and publishes `/irvs/setpoint` = previous setpoint +
-action, through the envelope's step and workspace limits (`control.Envelope.apply_delta`). The first previous
-setpoint is the effector pose (`/irvs/ee_pose`) or `start_xy`.
+stamp) it holds: warns and publishes nothing. Should a fresh image (or the first effector pose) come while the
+clock still stands at that decision time, the decision is taken then: a lockstep sim holds its clock until the
+decision's setpoint came, and the frame, which travels apart from the clock, can come a few ms after it under load.
+Otherwise it crops/resizes the image to the policy's input (`image_ops.crop_resize`), acts
+(`runtime.policy_file.Policy.act_with_info`: the argmin the file names, with `argmin_samples` candidates when set,
+IRvS tilt `eta_inv`), and publishes `/irvs/setpoint` = previous setpoint + action, through the envelope's step and
+workspace limits (`control.Envelope.apply_delta`). The first previous setpoint is the effector pose
+(`/irvs/ee_pose`) or `start_xy`.
 
 `/diagnostics` (1 Hz): decision latency (compute: image taken -> setpoint published; and image received ->
 setpoint published) p50 / p99 / last in ms, the chosen action's energy, the predicted return, decisions,
@@ -121,7 +124,9 @@ class PolicyNode(Node):
             raise
         self.image_hw = obs.image_shape[:2]
         self.rng = np.random.default_rng(p["seed"])
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()             # the newest inputs
+        self._decision_lock = threading.Lock()    # one decision at a time (timer, or a held decision's late input)
+        self._held_at: float | None = None        # node time of a decision held for a missing input
         self._image: tuple[Image, float] | None = None      # newest message, wall time received
         self._ee_xy: np.ndarray | None = None
         self.setpoint: np.ndarray | None = None
@@ -148,7 +153,7 @@ class PolicyNode(Node):
         # would find its group busy, and this rclpy's MultiThreadedExecutor then busy-loops holding the GIL
         # (nodes.common.run_node) until the decision ends: a 60 ms decision (4096 DFO samples) took 2 s and more.
         decision_group = MutuallyExclusiveCallbackGroup()
-        self._timer = self.create_timer(p["period"], self._decide, callback_group=decision_group)
+        self._timer = self.create_timer(p["period"], self._on_timer, callback_group=decision_group)
         self.create_service(SetBool, "~/enable", self._on_enable, callback_group=decision_group)
         # Its own group: a decision that takes longer than the period keeps the default group's timer always ready,
         # which would starve a diagnostics timer sharing that group (no diagnostics while acting).
@@ -172,6 +177,7 @@ class PolicyNode(Node):
             return
         with self._lock:
             self._image = (msg, time.monotonic())
+        self._retry_held()
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         if to_sec(msg.header.stamp) < self._episode_start:
@@ -180,6 +186,7 @@ class PolicyNode(Node):
         if np.all(np.isfinite(xy)):
             with self._lock:
                 self._ee_xy = xy
+            self._retry_held()
 
     # ------------------------------------------------------------------ the decision
     def _on_enable(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
@@ -188,42 +195,53 @@ class PolicyNode(Node):
             if not isinstance(seed, int) or seed < 0:
                 resp.success, resp.message = False, f"parameter 'seed' must be an int >= 0, got {seed!r}"
                 return resp
-            now = node_now(self)
-            with self._lock:
-                self._image, self._ee_xy = None, None
-            self.setpoint = None
-            self.rng = np.random.default_rng(seed)
-            self._episode_start = now
-            self._timer.reset()
+            with self._decision_lock:
+                now = node_now(self)
+                with self._lock:
+                    self._image, self._ee_xy = None, None
+                self.setpoint, self._held_at = None, None
+                self.rng = np.random.default_rng(seed)
+                self._episode_start = now
+                self._timer.reset()
+                self._enabled = True
             resp.message = f"new episode from t={now:.9f} s (argmin seed {seed})"
         else:
+            with self._decision_lock:
+                self._enabled, self._held_at = False, None
             resp.message = "disabled: no decisions until enabled"
-        self._enabled = bool(req.data)
         resp.success = True
         return resp
 
-    def _decide(self) -> None:
+    def _on_timer(self) -> None:
+        with self._decision_lock:
+            self._held_at = None
+            self._decide(node_now(self))
+
+    def _retry_held(self) -> None:
+        """An input came: take the decision held for a missing input if the clock still stands at its time."""
+        if self._held_at is None:
+            return
+        with self._decision_lock:
+            at = self._held_at
+            if at is not None and node_now(self) <= at + 1e-6:
+                self._held_at = None
+                self._decide(at)
+
+    def _decide(self, now: float) -> None:
+        """The decision at node time `now` (s); called holding the decision lock."""
         if not self._enabled:
             return
-        now = node_now(self)
         with self._lock:
             latest, ee_xy = self._image, self._ee_xy
-        if latest is None:
-            self._hold("no image received yet")
+        why = self._missing_input(latest, ee_xy, now)
+        if why:
+            self._held_at = now
+            self._hold(why)
             return
         msg, received = latest
-        age = now - to_sec(msg.header.stamp)
-        if age > self.params["max_image_age"]:
-            self._hold(f"newest image is {age:.3f} s old (> max_image_age {self.params['max_image_age']} s)")
-            return
         if self.setpoint is None:
-            if self.params["start_from_ee_pose"]:
-                if ee_xy is None:
-                    self._hold(f"no {self.params['ee_pose_topic']} yet to start from")
-                    return
-                self.setpoint = self.envelope.clamp(ee_xy)
-            else:
-                self.setpoint = self.envelope.clamp(np.asarray(self.params["start_xy"]))
+            self.setpoint = self.envelope.clamp(ee_xy if self.params["start_from_ee_pose"]
+                                                else np.asarray(self.params["start_xy"]))
         t0 = time.monotonic()
         try:
             image = crop_resize(image_array(msg), *self.image_hw)
@@ -260,6 +278,17 @@ class PolicyNode(Node):
             self.last_energy = float(info["energy"][0])
         if info.get("return") is not None:
             self.last_return = float(info["return"][0])
+
+    def _missing_input(self, latest: tuple[Image, float] | None, ee_xy: np.ndarray | None, now: float) -> str:
+        """Why no decision can be taken at node time `now` on these inputs; '' when one can."""
+        if latest is None:
+            return "no image received yet"
+        age = now - to_sec(latest[0].header.stamp)
+        if age > self.params["max_image_age"]:
+            return f"newest image is {age:.3f} s old (> max_image_age {self.params['max_image_age']} s)"
+        if self.setpoint is None and self.params["start_from_ee_pose"] and ee_xy is None:
+            return f"no {self.params['ee_pose_topic']} yet to start from"
+        return ""
 
     def _hold(self, why: str) -> None:
         self.stale_holds += 1

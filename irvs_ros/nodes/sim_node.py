@@ -130,6 +130,8 @@ class SimNode(Node):
         self._dt_ns = int(round(self.dt * 1e9))
         self.ticks = 0
         self.images = 0
+        self.frame_resends = 0
+        self._last_frame: Image | None = None
         self.commands = 0
         self.bad_commands = 0
         self.error = ""
@@ -267,6 +269,12 @@ class SimNode(Node):
         """/clock again at the current tick + offset_ns (lockstep, see nodes.lockstep)."""
         self._clock_pub.publish(Clock(clock=_ns_stamp(self._time_ns + offset_ns)))
 
+    def _resend_frame(self) -> None:
+        """The newest camera frame again (same stamp), while a decision's setpoint is late (see nodes.lockstep)."""
+        if self._last_frame is not None:
+            self._img_pub.publish(self._last_frame)
+            self.frame_resends += 1
+
     def _hold_while_paused(self) -> None:
         with self._pause_cv:
             if not self._pause_requested:
@@ -322,13 +330,15 @@ class SimNode(Node):
                 self._clock_pub.publish(Clock(clock=stamp))
             self._publish_joint_states(stamp, qs, vs)
             if image is not None:
-                self._img_pub.publish(image_msg(image, stamp, p["camera_frame_id"]))
+                self._last_frame = image_msg(image, stamp, p["camera_frame_id"])
+                self._img_pub.publish(self._last_frame)
                 self.images += 1
             if self.sim_time >= next_diag - 1e-9:
                 next_diag += p["diagnostics_period"]
                 self._publish_diagnostics(stamp)
             late = self.gate.wait(self.sim_time, self._stop.is_set,
-                                  republish=None if self._clock_pub is None else self._republish_clock)
+                                  republish=None if self._clock_pub is None else self._republish_clock,
+                                  resend=self._resend_frame)
             if late:
                 self.get_logger().warn(f"lockstep: no {' / '.join(late)} for t={self.sim_time:.2f} s within "
                                        f"{p['lockstep_timeout']} s; going on without waiting for it")
@@ -382,7 +392,7 @@ class SimNode(Node):
                   "success": state["success"], "reward_level": state["reward_level"], "paused": self._paused,
                   "lockstep": self.gate.enabled, "lockstep_timeouts_command": self.gate.timeouts["command"],
                   "lockstep_timeouts_setpoint": self.gate.timeouts["setpoint"],
-                  "lockstep_clock_repeats": self.gate.nudges}
+                  "lockstep_clock_repeats": self.gate.nudges, "lockstep_frame_resends": self.frame_resends}
         self._diag_pub.publish(diagnostic_array(stamp, [diagnostic_status(f"{self.get_name()}: simulation", level,
                                                                          message, values, "pybullet")]))
 
