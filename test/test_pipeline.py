@@ -123,3 +123,25 @@ def test_denormals_bench_runs_both_settings_and_writes_its_table(tmp_path):
                                                                             report["runs"][1]["rows"]]
     assert report["max_loss_diff"] <= 1e-6 and report["machine"]["cpu_count"] >= 1
     assert "| step | loss (flush on) |" in results.with_suffix(".md").read_text()
+
+
+def test_energy_sharpness_bench_measures_an_ebm_file_on_its_dataset(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    work = tmp_path / "work"
+    assert cli.main(["bench", "particle", "--dims", "2", "--algos", "ebm_dfo", "--demos", "5", "--episodes", "1",
+                     "--set", "steps=3", "--algo-set", "ebm_dfo:params.depth=2", "--algo-set",
+                     "ebm_dfo:params.dfo_samples=64", "--workdir", str(work), "--results", str(tmp_path / "p")]) == 0
+    spec = importlib.util.spec_from_file_location("sharpness", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "energy_sharpness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = tmp_path / "sharp"
+    args = ["--policy", str(work / "ebm_dfo_n_dim2.onnx"), "--dataset", str(work / "particle2d_5.h5"),
+            "--states", "20", "--candidates", "64", "--results", str(results)]
+    assert bench.main(args) == 0
+    report = json.loads(results.with_suffix(".json").read_text())
+    assert report["states"] == 20 and report["algorithm"] == "ebm_dfo" and report["machine"]["cpu_count"] >= 1
+    assert 0.0 <= report["lower_fraction"] <= 1.0 and 0.0 < report["policy_error"] < 1.0
+    assert 0.0 < report["uniform_error"] < 1.0 and "--candidates 64" in report["command"]
