@@ -91,6 +91,28 @@ def test_dropout_is_active_only_in_training():
     assert torch.equal(net(x), net(x))
 
 
+@pytest.mark.parametrize(("resnet", "bound"), [(False, 1.0), (True, 4.0)], ids=["mlp", "resnet"])
+def test_spectral_norm_bounds_the_input_slope(resnet, bound):
+    # The bound the docstring states (1 for an MLP, 2 per residual block): what caps an energy's steepness.
+    torch.manual_seed(0)
+    net = DenseNet(6, 1, width=32, depth=4, resnet=resnet, spectral_norm=True).double()
+    with torch.no_grad():
+        for layer in (net.inp, *net.hidden, net.out):
+            layer.parametrizations.weight.original.mul_(5.0)  # far from 1-Lipschitz before normalization
+        for _ in range(50):  # power iterations (one per training-mode forward) converge
+            net(torch.randn(8, 6, dtype=torch.float64))
+    net.eval()
+    x = torch.randn(2000, 6, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(net(x).sum(), x)
+    assert grad.norm(dim=1).max() <= bound * 1.01, grad.norm(dim=1).max()
+    plain = DenseNet(6, 1, width=32, depth=4, resnet=resnet).double()
+    with torch.no_grad():
+        for layer in (plain.inp, *plain.hidden, plain.out):
+            layer.weight.mul_(5.0)
+    (grad,) = torch.autograd.grad(plain(x).sum(), x)
+    assert grad.norm(dim=1).max() > 2 * bound  # without spectral norm the same scaled weights are steeper
+
+
 def test_plain_copy_folds_spectral_norm_and_leaves_the_original_intact():
     head = _head(resnet=True, spectral_norm=True, dtype=torch.float32)
     feat, y = torch.randn(2, 5), torch.randn(2, 3, 3)

@@ -47,7 +47,8 @@ class DenseNet(nn.Module):
     ResNet: h = L_0 x (projection); depth / 2 blocks h = h + L_b(relu(L_a(relu(h)))); y = L_out relu(h).
     `width x depth` follows IBC's tables: depth counts the hidden dense layers of the given width.
     Dropout (rate `dropout`) follows each hidden ReLU during training only. With `spectral_norm` every
-    dense layer is spectrally normalized (Miyato et al.; IBC B.3.1).
+    dense layer is spectrally normalized (Miyato et al.; IBC B.3.1): the net is then at most 1-Lipschitz (MLP) or
+    2^(depth/2)-Lipschitz (ResNet) in its input, which bounds how steeply an energy can rise around the data.
     """
 
     def __init__(self, in_dim: int, out_dim: int, width: int, depth: int, resnet: bool = False,
