@@ -162,7 +162,7 @@ class LockstepGate:
         if not self.enabled:
             return []
         deadline = time.monotonic() + self.timeout
-        late = self._wait_for(now, ("command", "pose"), deadline, stopped, republish, NUDGE_NS, NUDGE_FIRST, None)
+        late = self._wait_for(now, ("command", "pose"), deadline, stopped, republish, NUDGE_NS, NUDGE_FIRST)
         if late is None:
             return []
         decision = self.is_decision_time(now) and self.engaged("setpoint")
@@ -175,7 +175,7 @@ class LockstepGate:
 
     def _wait_for(self, now: float, streams: tuple[str, ...], deadline: float, stopped: Callable[[], bool],
                   republish: Callable[[int], None] | None, offset_ns: int, first: float,
-                  resend: Callable[[], None] | None) -> list[str] | None:
+                  resend: Callable[[], None] | None = None) -> list[str] | None:
         """Wait for the answers of `streams` to `now` (republishing the clock at now + offset_ns); [] when they
         came or are not waited for, the late ones after a timeout (now disengaged), None when stopped/released."""
         next_nudge = time.monotonic() + first
