@@ -107,6 +107,37 @@ def test_tilt_sweep_evaluates_one_irvs_file_at_each_eta_inv_on_the_same_scenes(t
     assert f"| `{mse_policy}` | mse |  | 3 |" in both.with_suffix(".md").read_text()
 
 
+def test_argmin_sweep_evaluates_one_file_at_each_setting_on_the_same_scenes(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    data, run, policy = tmp_path / "d.h5", tmp_path / "run", tmp_path / "p.onnx"
+    assert cli.main(["demos", "--env", "particle", "--n-dim", "2", "--episodes", "6", "--seed", "0",
+                     "--out", str(data)]) == 0
+    config = Path(__file__).resolve().parents[1] / "config" / "train_particle_ebm_adfo.yaml"
+    assert cli.main(["train", str(config), f"dataset={data}", "steps=3", "batch_size=8", "eval.env=null",
+                     "params.width=16", "params.depth=2", "params.num_counter_examples=8", "params.dfo_samples=32",
+                     "--out", str(run), "--quiet"]) == 0
+    assert cli.main(["export", str(run), "--out", str(policy)]) == 0
+    spec = importlib.util.spec_from_file_location("argmin_sweep", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "argmin_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    results = tmp_path / "sweep"
+    assert sweep.main(["--policy", str(policy), "--env", "particle", "--eval-arg=--n-dim=2", "--setting", "",
+                       "--setting", "iterations=5,num_samples=64", "--episodes", "2", "--seed", "5",
+                       "--results", str(results)]) == 0
+    report = json.loads(results.with_suffix(".json").read_text())
+    assert report["file_argmin"]["method"] == "adfo" and report["file_argmin"]["num_samples"] == 32
+    assert [r["setting"] for r in report["rows"]] == ["", "iterations=5,num_samples=64"]
+    for row in report["rows"]:
+        assert 0.0 <= row["success_rate"] <= 1.0 and len(row["per_episode"]) == 2
+    assert "| iterations=5,num_samples=64 |" in results.with_suffix(".md").read_text()
+    # A malformed setting is refused before anything runs.
+    assert sweep.main(["--policy", str(policy), "--setting", "iterations", "--results", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no.json").exists()
+
+
 def test_denormals_bench_runs_both_settings_and_writes_its_table(tmp_path):
     import importlib.util
     from pathlib import Path

@@ -264,15 +264,22 @@ def autoregressive_dfo(
     cfg: DfoConfig,
     rng: np.random.Generator,
 ) -> ArgminResult:
-    """Coordinate-wise derivative-free argmin with per-dimension energies (IBC Algorithm 2).
+    """Coordinate-wise derivative-free argmin with per-dimension energies (IBC appendix B.2, Algorithm 2).
 
-    `energy_ar_fn` returns (B, N, D) whose column j is E_j(x[..., :j+1]). In each round, for
-    j = 0..D-1: score with E_j, resample the prefix x[..., :j+1] with replacement by softmax(-E_j), add
-    noise to dimension j only and clip it to its bounds. Resampling only the prefix keeps the later,
-    not yet optimized dimensions diverse; noising only dimension j keeps the search one-dimensional
-    (the paper's "one degree of freedom at a time"). The noise shrinks by `noise_shrink` after each
-    round. The last round only scores, and the candidate with the lowest full energy E_{D-1} wins;
-    `energy`/`energies` in the result are that last column.
+    `energy_ar_fn` returns (B, N, D) whose column j is E_j(x[..., :j+1]). Dimensions are chosen one at a
+    time, j = 0..D-1: with the prefix x[:j] fixed to the values already chosen, a one-dimensional DFO
+    (Algorithm 1 on dimension j alone: uniform start, `iterations` rounds of scoring by E_j, resampling by
+    softmax(-E_j), noise shrinking by `noise_shrink`, the last round only scores) picks x_j, and the next
+    dimension starts from that prefix.
+
+    Why the prefix is fixed, not resampled with x_j as in the paper's box: our E_j is trained by InfoNCE
+    against counter-examples that share the demonstration's prefix (`learn.algorithms.ebm.EbmAdfo`), so it
+    ranks x_j given a prefix and is defined only up to a prefix-dependent constant; comparing E_j across
+    candidates with different prefixes (resampling the prefix by it, or picking the final candidate by
+    E_{D-1}) compares those arbitrary constants. Only candidates that share a prefix are compared here.
+
+    Result: x (B, D); samples (B, N, D) the last dimension's final candidates (prefix = x[:D-1]) and
+    energies (B, N) their E_{D-1}; energy the chosen one's E_{D-1}.
     """
     low, high = _check_bounds(low, high)
     _check_positive_int("batch_size", batch_size)
@@ -281,18 +288,21 @@ def autoregressive_dfo(
         raise ArgminError(f"DfoConfig.init_samples ({cfg.init_samples}) is for DFO; the autoregressive DFO scores "
                           f"num_samples ({cfg.num_samples}) in every round (set init_samples 0)")
     dim = low.shape[0]
+    # Columns after j are not read by E_j; they keep their uniform start until their turn.
     samples = _uniform(rng, low, high, (batch_size, cfg.num_samples, dim))
-    rows = np.arange(batch_size)[:, None]
-    sigma = float(cfg.noise_scale)
-    for _ in range(cfg.iterations - 1):
-        for j in range(dim):
+    rows = np.arange(batch_size)
+    for j in range(dim):
+        sigma = float(cfg.noise_scale)
+        for it in range(cfg.iterations):
             energies = _energies_ar(energy_ar_fn, samples)[..., j]
-            idx = _resample_indices(energies, rng)
-            samples[..., : j + 1] = samples[rows, idx, : j + 1]
-            noise = rng.standard_normal(samples.shape[:2], dtype=np.float32)
-            samples[..., j] = np.clip(samples[..., j] + np.float32(sigma) * noise, low[j], high[j])
-        sigma *= cfg.noise_shrink
-    energies = _energies_ar(energy_ar_fn, samples)[..., dim - 1]
+            if it == cfg.iterations - 1:
+                break
+            picked = samples[rows[:, None], _resample_indices(energies, rng), j]
+            noise = rng.standard_normal(picked.shape, dtype=np.float32)
+            samples[..., j] = np.clip(picked + np.float32(sigma) * noise, low[j], high[j])
+            sigma *= cfg.noise_shrink
+        if j < dim - 1:
+            samples[..., j] = samples[rows, np.argmin(energies, axis=1), j][:, None]
     return _best(samples, np.ascontiguousarray(energies))
 
 

@@ -459,7 +459,9 @@ class EbmAdfo(_EnergyAlgorithm):
     """Implicit BC, autoregressive DFO (IBC B.2): model j scores the action prefix a[:j+1]; encoder shared.
 
     Training: model j's counter-examples keep the positive's prefix a[:j] and draw dimension j uniformly,
-    so model j learns the conditional p(a_j | s, a_<j) (up to a prefix-dependent constant).
+    so model j learns the conditional p(a_j | s, a_<j) up to a prefix-dependent constant. The argmin
+    (`runtime.argmin.autoregressive_dfo`) therefore chooses one dimension at a time with the chosen prefix fixed,
+    and never compares E_j between candidates with different prefixes.
     """
 
     name = "ebm_adfo"
