@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "provenance": provenance(args.policy), "file_argmin": policy.argmin,
         "env": args.env, "episodes": args.episodes, "seed": args.seed, "rows": [], "wall_s": 0.0}
     start = time.perf_counter()
-    for setting, extra in zip(args.setting, flags):
+    for setting, extra in zip(args.setting, flags, strict=True):
         row = evaluate_at(args.policy, None, args.episodes, args.seed, ["--env", args.env, *extra, *args.eval_arg])
         report["rows"].append({"setting": setting, **row})
         report["wall_s"] = round(time.perf_counter() - start, 1)
