@@ -138,6 +138,24 @@ def test_argmin_sweep_evaluates_one_file_at_each_setting_on_the_same_scenes(tmp_
     assert not (tmp_path / "no.json").exists()
 
 
+def test_particle_precision_bench_degrades_the_oracle_with_action_error(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("particle_precision", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "particle_precision.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = tmp_path / "prec"
+    assert bench.main(["--dims", "1", "8", "--sigmas", "0", "0.1", "--episodes", "10", "--results",
+                       str(results)]) == 0
+    report = json.loads(results.with_suffix(".json").read_text())
+    assert report["success"]["1"][0] == 1.0 and report["success"]["8"][0] == 1.0  # the oracle itself
+    assert report["success"]["8"][1] < 0.5  # 0.1 per dimension misses a 0.05 goal in 8-D
+    assert "| 8 | 100% |" in results.with_suffix(".md").read_text()
+    assert bench.main(["--sigmas", "-1", "--results", str(tmp_path / "no")]) == 2
+
+
 def test_denormals_bench_runs_both_settings_and_writes_its_table(tmp_path):
     import importlib.util
     from pathlib import Path
