@@ -50,7 +50,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Machine: {m['cpu']} ({m['cpu_count']} cores); Python {m['python']}.", "",
              f"{report['episodes']} episodes per cell, scene seeds {report['seed']}.."
              f"{report['seed'] + report['episodes'] - 1}; sigma is the error's std per dimension in raw units "
-             "(the box is [0, 1]; the argmin works in the dataset's min-max range widened by 5%, mapped to [-1, 1]: about 1.8x these).", "",
+             "(the box is [0, 1]; the argmin works in the dataset's min-max range widened by 5%, mapped to [-1, 1]: "
+             "about 1.8x these).", "",
              "| N | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |", "|---|" + "---|" * len(sigmas)]
     for n, rates in report["success"].items():
         lines.append(f"| {n} | " + " | ".join(f"{100 * r:.0f}%" for r in rates) + " |")
