@@ -11,13 +11,14 @@ from irvs_ros.runtime.argmin import (
     ArgminResult,
     DfoConfig,
     LangevinConfig,
+    ar_columns,
     autoregressive_dfo,
     dfo,
     langevin,
     langevin_chain,
     polynomial_schedule,
     tilt_energy,
-    tilt_energy_ar,
+    tilt_energy_column,
     tilt_energy_grad,
 )
 
@@ -37,10 +38,16 @@ def quad_grad(center, scale=100.0):
     return lambda x: (scale * np.sum((x - center) ** 2, axis=-1), 2.0 * scale * (x - center))
 
 
-def quad_ar(center, scale=100.0):
-    """Column j = scale * sum_{k<=j} (x_k - c_k)^2, the autoregressive form of `quad`."""
+def quad_ar_full(center, scale=100.0):
+    """(B, N, D) whose column j = scale * sum_{k<=j} (x_k - c_k)^2, the autoregressive form of `quad`."""
     center = np.asarray(center, dtype=np.float32)
     return lambda x: scale * np.cumsum((x - center) ** 2, axis=-1)
+
+
+def quad_ar(center, scale=100.0):
+    """Model j of `quad_ar_full` alone: (x, j) -> (B, N)."""
+    center = np.asarray(center, dtype=np.float32)
+    return lambda x, j: scale * np.sum((x[..., : j + 1] - center[: j + 1]) ** 2, axis=-1)
 
 
 def rng(seed=0):
@@ -132,7 +139,8 @@ def test_autoregressive_dfo_uses_column_j_for_dimension_j():
         col1 = 100.0 * (x[..., 1] - 0.7) ** 2
         return np.stack([col0, col1], axis=-1)
 
-    res = autoregressive_dfo(fn, LOW2, HIGH2, batch_size=2, cfg=DfoConfig(num_samples=4096), rng=rng(3))
+    res = autoregressive_dfo(ar_columns(fn), LOW2, HIGH2, batch_size=2, cfg=DfoConfig(num_samples=4096),
+                             rng=rng(3))
     assert np.all(np.abs(res.x[:, 0] + 0.5) < 0.01)
     assert np.all(np.abs(res.x[:, 1] - 0.7) < 0.01)
 
@@ -146,7 +154,8 @@ def test_autoregressive_dfo_never_compares_energies_across_prefixes():
         col1 = 100.0 * (x[..., 1] - 0.7) ** 2 + 50.0 * (x[..., 0] - 0.5) ** 2
         return np.stack([col0, col1], axis=-1)
 
-    res = autoregressive_dfo(fn, LOW2, HIGH2, batch_size=4, cfg=DfoConfig(num_samples=1024), rng=rng(4))
+    res = autoregressive_dfo(ar_columns(fn), LOW2, HIGH2, batch_size=4, cfg=DfoConfig(num_samples=1024),
+                             rng=rng(4))
     check_result(res, 4, 1024, 2)
     assert np.all(np.abs(res.x[:, 0] + 0.5) < 0.01), res.x
     assert np.all(np.abs(res.x[:, 1] - 0.7) < 0.01), res.x
@@ -230,9 +239,10 @@ def test_tilt_values_and_zero_tilt_is_identity():
     np.testing.assert_allclose(e, e0 - 3.0 * x[..., 1], rtol=1e-6)
     np.testing.assert_allclose(g[..., 0], g0[..., 0], rtol=1e-6)
     np.testing.assert_allclose(g[..., 1], g0[..., 1] - 3.0, rtol=1e-6)
-    ar = tilt_energy_ar(quad_ar(C2), 3.0)(x)
-    np.testing.assert_allclose(ar[..., 0], quad_ar(C2)(x)[..., 0], rtol=1e-6)
-    np.testing.assert_allclose(ar[..., 1], quad_ar(C2)(x)[..., 1] - 3.0 * x[..., 1], rtol=1e-5)
+    col = tilt_energy_column(quad_ar(C2), 3.0)
+    np.testing.assert_allclose(col(x, 0), quad_ar_full(C2)(x)[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(col(x, 1), quad_ar_full(C2)(x)[..., 1] - 3.0 * x[..., 1], rtol=1e-5)
+    np.testing.assert_allclose(ar_columns(quad_ar_full(C2))(x, 1), quad_ar(C2)(x, 1), rtol=1e-6)
     # eta_inv = 0 is exactly no tilt: same values and, from the same seed, the same optimizer result.
     np.testing.assert_array_equal(tilt_energy(ag_energy, 0.0)(x), ag_energy(x))
     cfg = DfoConfig(num_samples=512)
@@ -371,9 +381,11 @@ def test_bad_energy_functions_raise():
     with pytest.raises(ValueError, match="non-finite"):
         dfo(lambda x: np.full(x.shape[:2], np.nan), LOW2, HIGH2, 2, cfg, rng())
     with pytest.raises(ValueError, match=r"\(B, N, D\)"):
-        autoregressive_dfo(quad(C2), LOW2, HIGH2, 2, cfg, rng())
+        autoregressive_dfo(ar_columns(quad(C2)), LOW2, HIGH2, 2, cfg, rng())
+    with pytest.raises(ValueError, match=r"model 0's energies of shape \(2, 8\)"):
+        autoregressive_dfo(lambda x, j: np.zeros(x.shape), LOW2, HIGH2, 2, cfg, rng())
     with pytest.raises(ValueError, match="non-finite"):
-        autoregressive_dfo(lambda x: np.full(x.shape, np.nan), LOW2, HIGH2, 2, cfg, rng())
+        autoregressive_dfo(lambda x, j: np.full(x.shape[:2], np.nan), LOW2, HIGH2, 2, cfg, rng())
     with pytest.raises(ValueError, match="gradients of shape"):
         langevin(lambda x: (quad(C2)(x), np.zeros(x.shape[:2])), LOW2, HIGH2, 2, lcfg, rng())
     with pytest.raises(ValueError, match="tuple"):

@@ -233,6 +233,22 @@ def test_onnx_energies_equal_torch(case, name, tmp_path):
         np.testing.assert_allclose(ref["energy_grad"], ref["autograd"], atol=1e-4, rtol=1e-4)
 
 
+def test_adfo_file_scores_each_model_on_its_own_subgraph(tmp_path):
+    """The autoregressive argmin scores model j alone: the file opens one session per model, and acting through
+    them gives the action that slicing column j out of the full energy_ar gives."""
+    _require("ebm_adfo")
+    _, policy = _exported("ebm_adfo", "state", tmp_path)
+    dim = int(policy.argmin["variable_dim"])
+    per_model = [(f"energy_ar_{j}",) for j in range(dim)]
+    assert all(part in policy._parts for part in per_model)
+    obs = _obs(DATA["state"], slice(2, 7))
+    alone = policy.act(obs, np.random.default_rng(5))
+    for part in per_model:
+        del policy._parts[part]
+    sliced = policy.act(obs, np.random.default_rng(5))
+    np.testing.assert_allclose(alone, sliced, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("case", IMAGE_CASES)
 def test_image_policy_trains_and_exports(case, tmp_path):
     algo, _, losses, _ = _trained(case, "image")

@@ -371,6 +371,18 @@ def test_export_command_sets_the_files_argmin_and_verifies_with_the_trained_one(
     assert out.read_bytes() == before  # a refused export leaves the file alone
 
 
+def test_expose_concat_inputs_needs_a_concat(files):
+    from pathlib import Path
+
+    from irvs_ros.runtime.subgraph import SubgraphError, expose_concat_inputs
+
+    data = Path(files["state"]).read_bytes()
+    with pytest.raises(SubgraphError, match="not produced by a Concat"):
+        expose_concat_inputs(data, "action")
+    with pytest.raises(SubgraphError, match="not an ONNX model"):
+        expose_concat_inputs(b"not onnx", "action")
+
+
 def test_runtime_never_imports_torch(files):
     code = (
         "import sys, numpy as np\n"

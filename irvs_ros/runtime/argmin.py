@@ -7,7 +7,8 @@ One implementation of each optimizer, shared by the policy node and the trainer'
 - `langevin`: stochastic gradient Langevin dynamics with a polynomially decaying step size, the full
   step clipped after gradient and noise are combined, and an optional second chain at inference
   (IBC appendix B.3; IRvS appendix A.1/A.2).
-- `tilt_energy` / `tilt_energy_grad`: the exponential tilt of IRvS eq. 8, E(a, G) - eta_inv * G.
+- `tilt_energy` / `tilt_energy_grad` / `tilt_energy_column`: the exponential tilt of IRvS eq. 8,
+  E(a, G) - eta_inv * G.
 
 Conventions. Candidates are float32 arrays (B, N, D): B observations (e.g. parallel evaluation
 episodes), N candidates per observation, D action dimensions (for IRvS the last one is the normalized
@@ -31,6 +32,9 @@ EnergyGradFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 EnergyArFn = Callable[[np.ndarray], np.ndarray]
 """candidates (B, N, D) -> (B, N, D) where column j is E_j evaluated on x[..., :j+1]."""
+
+EnergyColumnFn = Callable[[np.ndarray, int], np.ndarray]
+"""(candidates (B, N, D), j) -> E_j evaluated on x[..., :j+1], (B, N): one model of an autoregressive energy."""
 
 
 class ArgminError(ValueError):
@@ -206,20 +210,30 @@ def tilt_energy_grad(fn: EnergyGradFn, eta_inv: float) -> EnergyGradFn:
     return tilted
 
 
-def tilt_energy_ar(fn: EnergyArFn, eta_inv: float) -> EnergyArFn:
-    """Tilt for autoregressive energies: only the last column (the one that sees G) gets - eta_inv * G."""
+def tilt_energy_column(fn: EnergyColumnFn, eta_inv: float) -> EnergyColumnFn:
+    """Tilt for autoregressive energies: only the last model (the one that sees G) gets - eta_inv * G."""
     _check_finite_nonneg("eta_inv", eta_inv)
     if eta_inv == 0:
         return fn
     scale = np.float32(eta_inv)
 
-    def tilted(x: np.ndarray) -> np.ndarray:
-        out = np.array(fn(x), dtype=np.float32, copy=True)
-        if out.shape == x.shape:  # a wrong shape is reported by the optimizer's own check
-            out[..., -1] -= scale * x[..., -1]
+    def tilted(x: np.ndarray, j: int) -> np.ndarray:
+        out = np.asarray(fn(x, j), dtype=np.float32)
+        if j == x.shape[-1] - 1 and out.shape == x.shape[:2]:  # a wrong shape is reported by the optimizer
+            out = out - scale * x[..., -1]
         return out
 
     return tilted
+
+
+def ar_columns(energy_ar_fn: EnergyArFn) -> EnergyColumnFn:
+    """An EnergyColumnFn over a function that returns every model's energy at once (B, N, D): column j of it.
+    Costs D models per call; a policy file or network that can run model j alone should do so instead."""
+
+    def column(x: np.ndarray, j: int) -> np.ndarray:
+        return _energies_ar(energy_ar_fn, x)[..., j]
+
+    return column
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -257,7 +271,7 @@ def dfo(
 
 
 def autoregressive_dfo(
-    energy_ar_fn: EnergyArFn,
+    energy_column_fn: EnergyColumnFn,
     low: np.ndarray,
     high: np.ndarray,
     batch_size: int,
@@ -266,8 +280,9 @@ def autoregressive_dfo(
 ) -> ArgminResult:
     """Coordinate-wise derivative-free argmin with per-dimension energies (IBC appendix B.2, Algorithm 2).
 
-    `energy_ar_fn` returns (B, N, D) whose column j is E_j(x[..., :j+1]). Dimensions are chosen one at a
-    time, j = 0..D-1: with the prefix x[:j] fixed to the values already chosen, a one-dimensional DFO
+    `energy_column_fn(x, j)` returns E_j(x[..., :j+1]) (B, N); `ar_columns` adapts a function that returns all
+    D models at once. Dimensions are chosen one at a time, j = 0..D-1: with the prefix x[:j] fixed to the
+    values already chosen, a one-dimensional DFO
     (Algorithm 1 on dimension j alone: uniform start, `iterations` rounds of scoring by E_j, resampling by
     softmax(-E_j), noise shrinking by `noise_shrink`, the last round only scores) picks x_j, and the next
     dimension starts from that prefix.
@@ -294,7 +309,7 @@ def autoregressive_dfo(
     for j in range(dim):
         sigma = float(cfg.noise_scale)
         for it in range(cfg.iterations):
-            energies = _energies_ar(energy_ar_fn, samples)[..., j]
+            energies = _energies_column(energy_column_fn, samples, j)
             if it == cfg.iterations - 1:
                 break
             picked = samples[rows[:, None], _resample_indices(energies, rng), j]
@@ -431,6 +446,17 @@ def _energies_ar(fn: EnergyArFn, x: np.ndarray) -> np.ndarray:
     energies = energies.astype(np.float32, copy=False)
     if not np.all(np.isfinite(energies)):
         raise ArgminError("energy_ar_fn returned non-finite energies (NaN or inf)")
+    return energies
+
+
+def _energies_column(fn: EnergyColumnFn, x: np.ndarray, j: int) -> np.ndarray:
+    energies = np.asarray(fn(x, j))
+    if energies.shape != x.shape[:2]:
+        raise ArgminError(f"energy_column_fn must return model {j}'s energies of shape {x.shape[:2]} (B, N), got "
+                          f"{energies.shape}")
+    energies = energies.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(energies)):
+        raise ArgminError(f"energy_column_fn returned non-finite energies (NaN or inf) for model {j}")
     return energies
 
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from irvs_ros.runtime import argmin as am
 from irvs_ros.runtime.spec import ObsSpec, PolicySpec, SpecError
-from irvs_ros.runtime.subgraph import SubgraphError, prune_to_outputs
+from irvs_ros.runtime.subgraph import SubgraphError, expose_concat_inputs, prune_to_outputs
 
 FORMAT_VERSION = 1
 """Version of the policy-file layout this runtime reads and `export_policy` writes."""
@@ -209,8 +209,8 @@ class Policy:
                 tilted = am.tilt_energy(fn, self._eta_inv) if self._has_return else fn
                 result = am.dfo(tilted, self._low, self._high, batch, self._cfg, rng)
             elif self._method == "adfo":
-                fn_ar = self._energy_ar_fn(feat)
-                tilted = am.tilt_energy_ar(fn_ar, self._eta_inv) if self._has_return else fn_ar
+                fn_col = self._energy_column_fn(feat)
+                tilted = am.tilt_energy_column(fn_col, self._eta_inv) if self._has_return else fn_col
                 result = am.autoregressive_dfo(tilted, self._low, self._high, batch, self._cfg, rng)
             else:
                 fn_grad = self._energy_grad_fn(feat)
@@ -355,6 +355,18 @@ class Policy:
 
         return fn
 
+    def _energy_column_fn(self, feat: np.ndarray) -> am.EnergyColumnFn:
+        full = self._energy_ar_fn(feat)
+
+        def fn(cand: np.ndarray, j: int) -> np.ndarray:
+            part = (f"energy_ar_{j}",)
+            if part not in self._parts:
+                return full(cand)[..., j]
+            (energy,) = self._run(list(part), self._candidates_feed(feat, cand))
+            return self._check_output(part[0], energy, (*cand.shape[:2], 1))[..., 0]
+
+        return fn
+
     def _energy_grad_fn(self, feat: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         def fn(cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             energy, grad = self._run(["energy", "energy_grad"], self._candidates_feed(feat, cand))
@@ -469,8 +481,18 @@ def _part_sessions(path: Path, method: str, providers: list[str],
         return {}
     try:
         data = path.read_bytes()
-        return {g: ort.InferenceSession(prune_to_outputs(data, g)[0], sess_options=options, providers=providers)
-                for g in groups}
+        parts = {g: ort.InferenceSession(prune_to_outputs(data, g)[0], sess_options=options, providers=providers)
+                 for g in groups}
+        if method == "adfo":
+            # One session per model of the autoregressive energy: the argmin scores model j alone (D x less work).
+            try:
+                exposed, names = expose_concat_inputs(data, "energy_ar")
+            except SubgraphError:
+                return parts  # another graph layout: model j is then a column of the full energy_ar
+            for name in names:
+                parts[(name,)] = ort.InferenceSession(prune_to_outputs(exposed, [name])[0], sess_options=options,
+                                                      providers=providers)
+        return parts
     except ImportError:
         return {}
     except (OSError, SubgraphError) as e:

@@ -398,8 +398,9 @@ def _solve(policy: Policy, energy_out: Callable[[np.ndarray], dict[str, np.ndarr
         fn = lambda c: energy_out(c)["energy"]  # noqa: E731
         return am.dfo(am.tilt_energy(fn, eta) if tilt else fn, low, high, batch, cfg, rng)
     if method == "adfo":
-        fn = lambda c: energy_out(c)["energy_ar"]  # noqa: E731
-        return am.autoregressive_dfo(am.tilt_energy_ar(fn, eta) if tilt else fn, low, high, batch, cfg, rng)
+        fn_ar = am.ar_columns(lambda c: energy_out(c)["energy_ar"])
+        return am.autoregressive_dfo(am.tilt_energy_column(fn_ar, eta) if tilt else fn_ar, low, high, batch, cfg,
+                                     rng)
 
     def grad_fn(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = energy_out(c)

@@ -73,6 +73,34 @@ def prune_to_outputs(model_bytes: bytes, outputs: Sequence[str]) -> tuple[bytes,
     return model.SerializeToString(), [i.name for i in inputs if i.name not in init_names]
 
 
+def expose_concat_inputs(model_bytes: bytes, output: str) -> tuple[bytes, list[str]]:
+    """(serialized model with one more output per input of the Concat that produces `output`, their names).
+
+    An autoregressive policy's "energy_ar" (B, N, D) is the Concat of its D models' (B, N, 1) energies; exposing
+    them as "energy_ar_0" .. "energy_ar_{D-1}" lets `prune_to_outputs` cut a graph that runs one model alone.
+    SubgraphError when `output` is not produced by a Concat.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(model_bytes)
+    except Exception as e:  # protobuf raises DecodeError, a plain Exception subclass
+        raise SubgraphError(f"not an ONNX model: {e}") from e
+    graph = model.graph
+    node = next((n for n in graph.node if output in n.output), None)
+    if node is None or node.op_type != "Concat":
+        raise SubgraphError(f"output {output!r} is not produced by a Concat node "
+                            f"({'no producer' if node is None else node.op_type})")
+    elem_type = next(o.type.tensor_type.elem_type for o in graph.output if o.name == output)
+    names = [f"{output}_{i}" for i in range(len(node.input))]
+    for source, name in zip(node.input, names, strict=True):
+        graph.node.append(helper.make_node("Identity", [source], [name], name=f"expose_{name}"))
+        graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+    return model.SerializeToString(), names
+
+
 def _outer_names(graph) -> list[str]:
     names = []
     for node in graph.node:

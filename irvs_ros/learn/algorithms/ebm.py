@@ -492,9 +492,16 @@ class EbmAdfo(_EnergyAlgorithm):
 
         return fn
 
+    def _energy_column_fn(self, feat: torch.Tensor) -> argmin.EnergyColumnFn:
+        def fn(x: np.ndarray, j: int) -> np.ndarray:
+            head = self.heads[j]
+            return torch.cat([head(f, y[..., : j + 1]) for f, y in self._chunks(feat, x)]).cpu().numpy()
+
+        return fn
+
     def _argmin(self, feat: torch.Tensor, rng: np.random.Generator) -> argmin.ArgminResult:
         low, high = self._bounds()
-        return argmin.autoregressive_dfo(self._energy_ar_fn(feat), low, high, feat.shape[0],
+        return argmin.autoregressive_dfo(self._energy_column_fn(feat), low, high, feat.shape[0],
                                          self.config.dfo_config(), rng)
 
     def _argmin_metadata(self) -> dict[str, Any]:
