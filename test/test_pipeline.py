@@ -188,9 +188,14 @@ def test_energy_sharpness_bench_measures_an_ebm_file_on_its_dataset(tmp_path):
     spec.loader.exec_module(bench)
     results = tmp_path / "sharp"
     args = ["--policy", str(work / "ebm_dfo_n_dim2.onnx"), "--dataset", str(work / "particle2d_5.h5"),
-            "--states", "20", "--candidates", "64", "--results", str(results)]
+            "--states", "20", "--candidates", "64", "--argmin", "num_samples=8,iterations=1", "--results",
+            str(results)]
     assert bench.main(args) == 0
     report = json.loads(results.with_suffix(".json").read_text())
     assert report["states"] == 20 and report["algorithm"] == "ebm_dfo" and report["machine"]["cpu_count"] >= 1
     assert 0.0 <= report["lower_fraction"] <= 1.0 and 0.0 < report["policy_error"] < 1.0
     assert 0.0 < report["uniform_error"] < 1.0 and "--candidates 64" in report["command"]
+    assert 0.0 <= report["policy_within"] <= 1.0 and report["policy_median_error"] <= report["policy_error"] * 3
+    # The changed argmin (8 uniform candidates, no refinement) is measured on the same states and acts otherwise.
+    (row,) = report["settings"]
+    assert row["setting"] == "num_samples=8,iterations=1" and row["policy_error"] != report["policy_error"]
