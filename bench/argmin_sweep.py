@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_policies import provenance  # noqa: E402  (bench/ is scripts, not a package)
-from tilt_sweep import evaluate_at, rate_keys, report_header  # noqa: E402
+from tilt_sweep import evaluate_at, rate_keys, report_header, write_report  # noqa: E402
 
 
 def argmin_flags(setting: str) -> list[str]:
@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": "python bench/argmin_sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(), "provenance": provenance(args.policy), "file_argmin": policy.argmin,
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         row = evaluate_at(args.policy, None, args.episodes, args.seed, ["--env", args.env, *extra, *args.eval_arg])
         report["rows"].append({"setting": setting, **row})
         report["wall_s"] = round(time.perf_counter() - start, 1)
-        results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        results.with_suffix(".md").write_text(markdown(report))
+        write_report(results, report, markdown)
         print(f"{setting or 'file'}: success {100 * row['success_rate']:.0f}% ({row['eval_s']:.0f} s)", flush=True)
     print(markdown(report))
     return 0

@@ -13,7 +13,6 @@ steps, dataset fingerprint) and the wall time of each evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tilt_sweep import evaluate_at, rate_keys, report_header  # noqa: E402  (bench/ is scripts, not a package)
+from tilt_sweep import evaluate_at, rate_keys, report_header, write_report  # noqa: E402  (bench/ is scripts, not a package)
 
 
 def provenance(path: str) -> dict[str, Any]:
@@ -70,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
 
     rows_meta = [provenance(p) for p in args.policies]  # a bad file fails before any evaluation
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": "python bench/compare_policies.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(), "env": args.env, "episodes": args.episodes, "seed": args.seed, "rows": [],
@@ -82,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = None if meta["algorithm"] != "irvs" else (meta["eta_inv"] if eta is None else eta)
         report["rows"].append({**meta, "eval_eta_inv": shown, **row})
         report["wall_s"] = round(time.perf_counter() - start, 1)
-        results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        results.with_suffix(".md").write_text(markdown(report))
+        write_report(results, report, markdown)
         print(f"{meta['policy']}: success {100 * row['success_rate']:.0f}% ({row['eval_s']:.0f} s)", flush=True)
     print(markdown(report))
     return 0

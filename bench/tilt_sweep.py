@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,14 @@ def report_header(title: str, report: dict[str, Any]) -> list[str]:
     return [f"# {title}", "", f"Command: `{report['command']}`", "",
             f"Machine: {m['cpu']} ({m['cpu_count']} cores), GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
             f"onnxruntime {m['onnxruntime']}, Python {m['python']}.", ""]
+
+
+def write_report(results: Path, report: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
+    """RESULTS.json and RESULTS.md of a report so far; rewritten after every row, so an interrupted run keeps its
+    measured rows."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    results.with_suffix(".md").write_text(markdown(report))
 
 
 def rate_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -92,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": "python bench/tilt_sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(), "policy": args.policy, "algorithm": policy.algorithm,
@@ -102,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     for eta in args.eta_inv:
         report["rows"].append(evaluate_at(args.policy, eta, args.episodes, args.seed, args.eval_arg))
         report["wall_s"] = round(time.perf_counter() - start, 1)
-        results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        results.with_suffix(".md").write_text(markdown(report))
+        write_report(results, report, markdown)
         row = report["rows"][-1]
         print(f"eta_inv {eta:g}: success {100 * row['success_rate']:.0f}% ({row['eval_s']:.0f} s)", flush=True)
     print(markdown(report))

@@ -469,13 +469,14 @@ def load_policy(path: str | os.PathLike, *, eta_inv: float | None = None, argmin
         raise SpecError(f"{path.name} was trained on observations {spec.obs.to_dict()}, but the caller feeds "
                         f"{expected_obs.to_dict()}: {_obs_diff(spec.obs, expected_obs)}")
     return Policy(session, spec, meta["algorithm"], argmin, meta, path,
-                  _part_sessions(path, argmin["method"], providers, options))
+                  _part_sessions(path, argmin["method"], providers, options, int(argmin.get("variable_dim", 0))))
 
 
-def _part_sessions(path: Path, method: str, providers: list[str],
-                   options: ort.SessionOptions) -> dict[tuple[str, ...], ort.InferenceSession]:
-    """One session per output group of an implicit method, each on the subgraph those outputs need; {} when the
-    graph cannot be cut (onnx missing): runs then use the whole graph with dummy inputs, as before."""
+def _part_sessions(path: Path, method: str, providers: list[str], options: ort.SessionOptions,
+                   variable_dim: int = 0) -> dict[tuple[str, ...], ort.InferenceSession]:
+    """One session per output group of an implicit method, each on the subgraph those outputs need, and for adfo
+    one per model ("energy_ar_j") when energy_ar is the Concat of `variable_dim` models; {} when the graph cannot
+    be cut (onnx missing): runs then use the whole graph with dummy inputs, as before."""
     groups = _METHOD_PARTS.get(method)
     if not groups:
         return {}
@@ -489,6 +490,8 @@ def _part_sessions(path: Path, method: str, providers: list[str],
                 exposed, names = expose_concat_inputs(data, "energy_ar")
             except SubgraphError:
                 return parts  # another graph layout: model j is then a column of the full energy_ar
+            if len(names) != variable_dim:
+                return parts
             for name in names:
                 parts[(name,)] = ort.InferenceSession(prune_to_outputs(exposed, [name])[0], sess_options=options,
                                                       providers=providers)

@@ -20,13 +20,7 @@ def prune_to_outputs(model_bytes: bytes, outputs: Sequence[str]) -> tuple[bytes,
     Keeps the nodes `outputs` depend on (walking node inputs back to graph inputs and initializers), the
     initializers and graph inputs those nodes read, and the model's opsets, IR version and metadata.
     """
-    import onnx  # a runtime dependency of policy loading only when subgraphs are used
-
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(model_bytes)
-    except Exception as e:  # protobuf raises DecodeError, a plain Exception subclass
-        raise SubgraphError(f"not an ONNX model: {e}") from e
+    model = _parse(model_bytes)
     graph = model.graph
     known = {o.name for o in graph.output}
     missing = [o for o in outputs if o not in known]
@@ -83,22 +77,29 @@ def expose_concat_inputs(model_bytes: bytes, output: str) -> tuple[bytes, list[s
     import onnx
     from onnx import helper
 
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(model_bytes)
-    except Exception as e:  # protobuf raises DecodeError, a plain Exception subclass
-        raise SubgraphError(f"not an ONNX model: {e}") from e
+    model = _parse(model_bytes)
     graph = model.graph
     node = next((n for n in graph.node if output in n.output), None)
     if node is None or node.op_type != "Concat":
         raise SubgraphError(f"output {output!r} is not produced by a Concat node "
                             f"({'no producer' if node is None else node.op_type})")
-    elem_type = next(o.type.tensor_type.elem_type for o in graph.output if o.name == output)
+    elem_type = next((o.type.tensor_type.elem_type for o in graph.output if o.name == output), onnx.TensorProto.FLOAT)
     names = [f"{output}_{i}" for i in range(len(node.input))]
     for source, name in zip(node.input, names, strict=True):
         graph.node.append(helper.make_node("Identity", [source], [name], name=f"expose_{name}"))
         graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
     return model.SerializeToString(), names
+
+
+def _parse(model_bytes: bytes):  # -> onnx.ModelProto (onnx is imported lazily)
+    import onnx  # a runtime dependency of policy loading only when subgraphs are used
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(model_bytes)
+    except Exception as e:  # protobuf raises DecodeError, a plain Exception subclass
+        raise SubgraphError(f"not an ONNX model: {e}") from e
+    return model
 
 
 def _outer_names(graph) -> list[str]:
