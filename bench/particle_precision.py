@@ -14,7 +14,6 @@ writes RESULTS.json and RESULTS.md (default bench/results/particle_precision) wi
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tilt_sweep import write_report  # noqa: E402  (bench/ is scripts, not a package)
 
 
 def success_rate(n_dim: int, sigma: float, episodes: int, seed: int) -> float:
@@ -78,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": "python bench/particle_precision.py " + shlex.join(sys.argv[1:] if argv is None else argv),
               "machine": machine_info(), "episodes": args.episodes, "seed": args.seed, "sigmas": args.sigmas,
               "success": success, "wall_s": round(time.perf_counter() - start, 1)}
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    results.with_suffix(".md").write_text(markdown(report))
+    write_report(Path(args.results), report, markdown)
     print(markdown(report))
     return 0
 
