@@ -367,11 +367,8 @@ def percentile_ms(samples: Iterable[float], q: float) -> float:
 def run_node(factory: Callable[[], Node], args: list[str] | None = None,
              threads: int | Callable[[Node], int] = 2) -> int:
     """Console-script body: init rclpy, build the node, spin an executor until Ctrl-C: multi-threaded with
-    `threads` > 1, else single-threaded.
+    `threads` > 1 (`graph.PoolExecutor`, not rclpy's MultiThreadedExecutor: see there), else single-threaded.
 
-    This rclpy's MultiThreadedExecutor busy-loops while a callback it handed to its pool has not started (it
-    yields the pending task again without waiting; fixed upstream in ros2/rclpy#1547), holding the GIL meanwhile:
-    a node with a real-time thread of its own and only quick callbacks (the interpolator) spins single-threaded.
     `threads` may be a function of the built node. A NodeConfigError (bad parameter) prints one clear line and
     exits with status 2.
     """

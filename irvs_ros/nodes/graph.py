@@ -12,11 +12,20 @@ and the context shut down.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import (
+    ConditionReachedException,
+    Executor,
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    ShutdownException,
+    SingleThreadedExecutor,
+    TimeoutException,
+)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -31,8 +40,42 @@ def overrides(**params: Any) -> list[Parameter]:
     return [Parameter(k.replace("__", "."), value=v) for k, v in params.items()]
 
 
+class PoolExecutor(MultiThreadedExecutor):
+    """rclpy's MultiThreadedExecutor, except that each ready callback is handed to the thread pool once.
+
+    This rclpy (9.1) keeps a callback it handed to its pool in its list of tasks in progress until a pool thread
+    starts it, and its next wait yields that task again and submits it once more (ros2/rclpy#1452, fixed upstream
+    after this release; test_pool_executor shows it). Spun that way, the policy node's decision timer on sim time
+    sometimes did not run for over 2 s after the lockstep sim held its clock at the decision's time: the
+    lockstep demo timed out 6 times in 300 decisions, and 43 times in one CI run of its 10 episodes; with this
+    executor 0 times in 450 decisions on the same machine. Here a task leaves that list when it is handed over
+    and comes back only if it ran and is still pending (a coroutine callback awaiting a future).
+    """
+
+    def _spin_once_impl(self, timeout_sec: float | None = None,
+                        wait_condition: Callable[[], bool] = lambda: False) -> None:
+        try:
+            task, entity, node = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
+        except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
+            return
+        with self._tasks_lock:
+            self._tasks = [t for t in self._tasks if t[0] is not task]
+        self._executor.submit(self._run_task, task, entity, node)
+        self._futures.append(task)
+        for done in [f for f in self._futures if f.done()]:
+            self._futures.remove(done)
+            done.result()  # a callback's exception surfaces in the spinning thread, as in rclpy
+
+    def _run_task(self, task: Any, entity: Any, node: Node | None) -> None:
+        task()
+        if not task.done():  # a coroutine awaiting something: back among the tasks the wait yields again
+            with self._tasks_lock:
+                self._tasks.append((task, entity, node))
+            self.wake()
+
+
 def make_executor(context: Context | None = None, events: bool = False, threads: int = 1) -> Executor:
-    """A SingleThreadedExecutor; with threads > 1 a MultiThreadedExecutor (as the nodes' console scripts spin);
+    """A SingleThreadedExecutor; with threads > 1 a PoolExecutor (as the nodes' console scripts spin);
     with `events` rclpy's experimental EventsExecutor when this rclpy has it.
 
     The EventsExecutor dispatches from C++ (more messages per second) but, with these wheels, deadlocked in
@@ -43,7 +86,7 @@ def make_executor(context: Context | None = None, events: bool = False, threads:
     if threads > 1:
         if events:
             raise ValueError("make_executor: the EventsExecutor is single-threaded; pass events or threads > 1")
-        return MultiThreadedExecutor(num_threads=threads, context=context)
+        return PoolExecutor(num_threads=threads, context=context)
     if not events:
         return SingleThreadedExecutor(context=context)
     try:

@@ -150,8 +150,9 @@ class PolicyNode(Node):
         # Decisions and ~/enable share a group of their own (enable never runs during a decision), apart from the
         # default group, which holds rclpy's /clock subscription. Were they in the default group, every /clock
         # message arriving during a decision (the lockstep sim re-publishes its clock every 50 ms while it waits)
-        # would find its group busy, and this rclpy's MultiThreadedExecutor then busy-loops holding the GIL
-        # (nodes.common.run_node) until the decision ends: a 60 ms decision (4096 DFO samples) took 2 s and more.
+        # would find its group busy, and rclpy's MultiThreadedExecutor then busy-looped holding the GIL until the
+        # decision ended: a 60 ms decision (4096 DFO samples) took 2 s and more. (The nodes now spin a
+        # graph.PoolExecutor, which waits instead; the groups stay apart so that neither waits for the other.)
         decision_group = MutuallyExclusiveCallbackGroup()
         self._timer = self.create_timer(p["period"], self._on_timer, callback_group=decision_group)
         self.create_service(SetBool, "~/enable", self._on_enable, callback_group=decision_group)
