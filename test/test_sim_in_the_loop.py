@@ -40,9 +40,11 @@ MEASURED_SUCCESSES = 3     # successes of the shipped model in these EPISODES (m
 MARGIN = 2
 # A lockstep wait that times out (2 s) lets the sim go on and `irvs demo` runs such an episode again from its seed
 # once, so a timeout costs time, not validity. Measured in these 10 episodes: 2 (AMD EPYC VM) and 0 (Intel Xeon VM)
-# on idle machines, 0 in 4 beside two busy processes (Xeon), and 24 in one clean-clone `make test` on the EPYC VM
-# (cause not found; the failure message lists the late streams: command, pose or setpoint). A broken lockstep times
-# out at every tick (thousands).
+# on idle machines, 0 in 4 beside two busy processes (Xeon), 24 in one clean-clone `make test` on the EPYC VM and 43
+# in one CI run (all setpoints). Their cause: rclpy's MultiThreadedExecutor let policy_node's decision timer miss the
+# held clock (nodes.graph.PoolExecutor); with PoolExecutor 0 in these 10 episodes beside a training run (EPYC VM,
+# 2026-12-07, 5 successes). The failure message lists the late streams (command, pose or setpoint). A broken
+# lockstep times out at every tick (thousands).
 MAX_LOCKSTEP_TIMEOUTS = 40
 MAX_STEPS = 150            # push_insert's episode length (5 Hz decisions, 30 s of sim time)
 DOMAIN = 220 + (os.getpid() + 10) % 13  # test_launch_bringup's range, another residue (see test_demo_command)
