@@ -134,3 +134,34 @@ def test_gymnasium_api():
     assert env.observation_space.contains(obs) and "success" in info
     np.testing.assert_array_equal(env.action_space.low, [0, 0])
     np.testing.assert_array_equal(env.action_space.high, [1, 1])
+
+
+def test_evaluate_counts_how_particle_episodes_end():
+    from irvs_ros.sim.particle import OUTCOMES
+    from irvs_ros.sim.rollout import OraclePolicy, evaluate
+
+    def goal(which):  # always command goal `which` (batched act_fn on the raw state)
+        return lambda obs: obs["state"][:, (2 + which) * 2:(3 + which) * 2]
+
+    class LeaveGoal1:  # goal 1 until within 0.01 of it (as the oracle), then the box corner away from goal 2
+        def reset(self, indices):
+            self.left = np.zeros(len(indices), bool)
+
+        def __call__(self, obs):
+            s = obs["state"]
+            self.left |= np.linalg.norm(s[:, :2] - s[:, 4:6], axis=1) < 0.01
+            return np.where(self.left[:, None], np.where(s[:, 6:8] < 0.5, 1.0, 0.0), s[:, 4:6])
+
+    def ends(act_fn):
+        result = evaluate("particle", {"n_dim": 2}, act_fn, 20, seed=0)
+        assert list(result["outcomes"]) == list(OUTCOMES) and sum(result["outcomes"].values()) == 20
+        assert result["outcomes"]["success"] == round(20 * result["success_rate"])
+        return result["outcomes"]
+
+    assert ends(goal(0))["held_goal1"] == 20
+    straight = ends(goal(1))
+    # It ends at goal 2 every time: a success only when goal 1 lay on its way.
+    assert straight["success"] + straight["missed_goal1"] == 20 and straight["missed_goal1"] >= 15
+    left = ends(LeaveGoal1())
+    assert left["success"] == 0 and left["missed_goal2"] >= 17  # the others never came within 0.01 of goal 1
+    assert ends(OraclePolicy("particle", {"n_dim": 2}, seed=0))["success"] >= 19

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                "env": env_name, "env_kwargs": env_kwargs, "episodes": result["episodes"], "seed": args.seed,
                "success_rate": result["success_rate"], "mean_reward": result["mean_reward"],
                "mean_return": result["mean_return"], "mean_final_reward": result["mean_final_reward"]}
-    for key in ("full_insertion_rate", "partial_insertion_rate"):
+    for key in ("full_insertion_rate", "partial_insertion_rate", "outcomes"):
         if key in result:
             summary[key] = result[key]
     if videos:

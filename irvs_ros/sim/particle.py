@@ -110,6 +110,23 @@ class ParticleEnv(gym.Env):
                 "dist_goal1": d1, "dist_goal2": d2}
 
 
+OUTCOMES = ("success", "held_goal1", "missed_goal1", "missed_goal2")
+
+
+def outcome(info: dict[str, Any], goal_tolerance: float = 0.05) -> str:
+    """How a particle episode ended, from its final info: "success"; "held_goal1" (reached goal 1 and ended
+    within `goal_tolerance` of it: never switched to goal 2); "missed_goal1" (never came within `goal_tolerance`
+    of goal 1, e.g. went straight for goal 2); "missed_goal2" (reached goal 1, left it, ended away from goal 2).
+
+    The switch to goal 2 waits for the particle to come within the oracle's switch radius (0.01) of goal 1, so
+    "held_goal1" counts policies that stop near goal 1 but not near enough, or never learned the switch."""
+    if info["success"]:
+        return "success"
+    if not info["visited_goal1"]:
+        return "missed_goal1"
+    return "held_goal1" if info["dist_goal1"] < goal_tolerance else "missed_goal2"
+
+
 class ParticleOracle:
     """IBC's scripted two-goal policy: command goal 1 until within `switch_radius` of it, then goal 2.
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from irvs_ros.runtime.spec import state_slices
+from irvs_ros.sim import particle
 from irvs_ros.sim.push_tasks import STATE_KEYS as PUSH_STATE_KEYS
 from irvs_ros.sim.registry import Oracle, make_env, make_oracle
 
@@ -430,7 +431,8 @@ def evaluate(env_name: str, env_kwargs: dict | None, act_fn: ActFn, num_episodes
     "mean_return" (mean undiscounted sum), "mean_final_reward" (mean last-step reward), "episodes",
     "per_episode": [{"index", "seed", "success", "return", "mean_reward", "final_reward", "length", ["video"],
     ...final info scalars}]}, and for episodes that report "inserted_fraction" (push_insert) also
-    "full_insertion_rate" and "partial_insertion_rate" (final reward level 1.0 / 0.5).
+    "full_insertion_rate" and "partial_insertion_rate" (final reward level 1.0 / 0.5), and for particle episodes
+    "outcomes": {outcome: episodes} over `sim.particle.OUTCOMES`.
     """
     env_kwargs = dict(env_kwargs or {})
     if int(num_episodes) != num_episodes or num_episodes < 1:
@@ -477,5 +479,8 @@ def evaluate(env_name: str, env_kwargs: dict | None, act_fn: ActFn, num_episodes
         levels = np.array([e["reward_level"] for e in per_episode])
         result["full_insertion_rate"] = float(np.mean(levels >= 1.0))
         result["partial_insertion_rate"] = float(np.mean((levels >= 0.5) & (levels < 1.0)))
+    if env_name == "particle":
+        ends = [particle.outcome(e, env_kwargs.get("goal_tolerance", 0.05)) for e in per_episode]
+        result["outcomes"] = {k: ends.count(k) for k in particle.OUTCOMES}
     result["per_episode"] = per_episode
     return result
