@@ -45,8 +45,8 @@ MARGIN = 2
 # held clock (nodes.graph.PoolExecutor); with PoolExecutor 0 in these 10 episodes beside a training run (EPYC VM,
 # 2026-12-07, 5 successes), and 0 in this test in a clean-clone `make test` beside one (4 successes, 359 s wall
 # against the 1,390 s of the CI run with 43). The failure message lists the late streams (command, pose or
-# setpoint). A broken lockstep times out at every tick (thousands).
-MAX_LOCKSTEP_TIMEOUTS = 40
+# setpoint). A broken lockstep times out at every tick (thousands); the executor's bug gave 24-43: 10 tells both.
+MAX_LOCKSTEP_TIMEOUTS = 10
 MAX_STEPS = 150            # push_insert's episode length (5 Hz decisions, 30 s of sim time)
 DOMAIN = 220 + (os.getpid() + 10) % 13  # test_launch_bringup's range, another residue (see test_demo_command)
 
