@@ -72,6 +72,10 @@ def test_a_callback_waiting_for_a_busy_pool_is_handed_over_once(node):
 
 def test_rclpys_executor_hands_the_same_callback_over_again(node):
     # What PoolExecutor exists for: with this rclpy the waiting callback is submitted again on every spin.
+    probe = PoolExecutor(context=node.context)
+    probe.shutdown()
+    if not probe.patched:
+        pytest.skip("this rclpy queues ready tasks itself (ros2/rclpy#1547); PoolExecutor leaves it as it is")
     submitted, runs = _saturate(node, MultiThreadedExecutor)
     assert submitted > runs + 3, (submitted, runs)
 

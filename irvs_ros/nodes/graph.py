@@ -49,11 +49,19 @@ class PoolExecutor(MultiThreadedExecutor):
     sometimes did not run for over 2 s after the lockstep sim held its clock at the decision's time: the
     lockstep demo timed out 6 times in 300 decisions, and 43 times in one CI run of its 10 episodes; with this
     executor 0 times in 450 decisions on the same machine. Here a task leaves that list when it is handed over
-    and comes back only if it ran and is still pending (a coroutine callback awaiting a future).
+    and comes back only if it ran and is still pending (a coroutine callback awaiting a future). An rclpy with
+    the upstream fix (tasks queued as ready, no `_tasks` list) is left to spin as it does.
     """
+
+    def __init__(self, num_threads: int | None = None, *, context: Context | None = None) -> None:
+        super().__init__(num_threads, context=context)
+        self.patched = isinstance(getattr(self, "_tasks", None), list) and not hasattr(self, "_pending_tasks")
 
     def _spin_once_impl(self, timeout_sec: float | None = None,
                         wait_condition: Callable[[], bool] = lambda: False) -> None:
+        if not self.patched:
+            super()._spin_once_impl(timeout_sec, wait_condition)
+            return
         try:
             task, entity, node = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
         except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
