@@ -21,6 +21,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+GOAL_TOLERANCE = 0.05  # distance to a goal that counts as reaching it (IBC C.5)
+
 
 class ParticleEnv(gym.Env):
     """N-D particle with PD target-position control.
@@ -34,7 +36,7 @@ class ParticleEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, n_dim: int = 2, *, kp: float = 10.0, kd: float = 5.0, dt: float = 0.005,
-                 substeps: int = 10, max_steps: int = 50, goal_tolerance: float = 0.05) -> None:
+                 substeps: int = 10, max_steps: int = 50, goal_tolerance: float = GOAL_TOLERANCE) -> None:
         if int(n_dim) != n_dim or n_dim < 1:
             raise ValueError(f"particle n_dim must be a positive integer, got {n_dim!r}")
         if dt <= 0 or substeps < 1 or max_steps < 1 or goal_tolerance <= 0:
@@ -113,7 +115,7 @@ class ParticleEnv(gym.Env):
 OUTCOMES = ("success", "held_goal1", "missed_goal1", "missed_goal2")
 
 
-def outcome(info: dict[str, Any], goal_tolerance: float = 0.05) -> str:
+def outcome(info: dict[str, Any], goal_tolerance: float = GOAL_TOLERANCE) -> str:
     """How a particle episode ended, from its final info: "success"; "held_goal1" (reached goal 1 and ended
     within `goal_tolerance` of it: never switched to goal 2); "missed_goal1" (never came within `goal_tolerance`
     of goal 1, e.g. went straight for goal 2); "missed_goal2" (reached goal 1, left it, ended away from goal 2).

@@ -480,7 +480,7 @@ def evaluate(env_name: str, env_kwargs: dict | None, act_fn: ActFn, num_episodes
         result["full_insertion_rate"] = float(np.mean(levels >= 1.0))
         result["partial_insertion_rate"] = float(np.mean((levels >= 0.5) & (levels < 1.0)))
     if env_name == "particle":
-        ends = [particle.outcome(e, env_kwargs.get("goal_tolerance", 0.05)) for e in per_episode]
+        ends = [particle.outcome(e, env_kwargs.get("goal_tolerance", particle.GOAL_TOLERANCE)) for e in per_episode]
         result["outcomes"] = {k: ends.count(k) for k in particle.OUTCOMES}
     result["per_episode"] = per_episode
     return result
