@@ -33,6 +33,7 @@ _LANGEVIN = {"langevin_iterations": 4, "langevin_samples": 16, "num_counter_exam
 SMALL_PARAMS: dict[str, dict] = {
     "ebm_dfo": {**_SMALL, "num_counter_examples": 8, "dfo_samples": 64},
     "ebm_adfo": {**_SMALL, "num_counter_examples": 8, "dfo_samples": 32},
+    "ebm_adfo-hard": {**_SMALL, "num_counter_examples": 8, "dfo_samples": 32, "dfo_counter_example_fraction": 0.5},
     "ebm_langevin": {**_SMALL, **_LANGEVIN},
     "irvs": {**_SMALL, **_LANGEVIN},
     "irvs-dfo": {**_SMALL, "method": "dfo", "num_counter_examples": 8, "dfo_samples": 64},

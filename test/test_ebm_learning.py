@@ -153,6 +153,57 @@ def test_torch_langevin_is_noisy_bounded_detached_and_seeded():
     assert torch_fn(a)[0].mean() < 0.5 * torch_fn(init.detach())[0].mean()
 
 
+def test_dfo_counter_examples_crowd_the_energy_minimum_seeded_and_bounded():
+    """DFO rounds on the model put counter-examples in its low-energy basin, where uniform ones rarely land."""
+    _, torch_fn = _quadratic(np.array([0.3, -0.4], np.float32))
+
+    def energy(x):
+        return 100.0 * torch_fn(x)[0]
+
+    low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+
+    def run(seed, iterations=3):
+        gen = torch.Generator().manual_seed(seed)
+        return counter_examples.dfo(energy, low, high, 4, 256, iterations, 0.33, 0.5, gen)
+
+    a, b, c = run(1), run(1), run(2)
+    assert a.shape == (4, 256, 2) and not a.requires_grad
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a >= low).all() and (a <= high).all()
+    near = (a - torch.tensor([0.3, -0.4])).norm(dim=-1) < 0.25
+    uniform_near = (run(1, iterations=1) - torch.tensor([0.3, -0.4])).norm(dim=-1) < 0.25
+    assert near.float().mean() > 0.5 > 0.1 > uniform_near.float().mean()  # a disc of radius 0.25: ~5% of the box
+    with pytest.raises(ValueError, match="iterations"):
+        counter_examples.dfo(energy, low, high, 1, 8, 0, 0.33, 0.5, torch.Generator())
+
+
+def test_dfo_counter_example_fraction_mixes_uniform_and_model_drawn_negatives():
+    """ebm_dfo and ebm_adfo draw round(fraction * N) of their N counter-examples by DFO; 0 keeps IBC B.1's
+    all-uniform draw bit for bit (same generator stream as before the option existed)."""
+    rng = np.random.default_rng(0)
+    spec = make_spec(rng.normal(size=(32, 2)).astype(np.float32), rng.uniform(-1, 1, (32, 2)).astype(np.float32))
+    algo = make_algorithm("ebm_dfo", spec, {"width": 16, "depth": 2, "num_counter_examples": 10,
+                                            "dfo_counter_example_fraction": 0.3})
+    calls = []
+
+    def energy(x):
+        calls.append(tuple(x.shape))
+        return (x ** 2).sum(-1)
+
+    gen = torch.Generator().manual_seed(0)
+    neg = algo._dfo_negatives(energy, algo.var_low, algo.var_high, 5, gen)
+    assert neg.shape == (5, 10, 2)
+    assert calls == [(5, 10, 2)] * 2  # dfo_iterations = 3: two scored rounds, from all N uniform samples
+    # the DFO-drawn 3 sit nearer the energy's minimum (0, 0) than the 7 uniform ones
+    assert neg[:, 7:].norm(dim=-1).mean() < neg[:, :7].norm(dim=-1).mean()
+    plain = make_algorithm("ebm_dfo", spec, {"width": 16, "depth": 2, "num_counter_examples": 10})
+    got = plain._dfo_negatives(energy, plain.var_low, plain.var_high, 5, torch.Generator().manual_seed(0))
+    want = counter_examples.uniform(plain.var_low, plain.var_high, 5, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(got, want)
+    with pytest.raises(ConfigError, match="dfo_counter_example_fraction"):
+        make_algorithm("ebm_adfo", spec, {"dfo_counter_example_fraction": 1.5})
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Configs
 

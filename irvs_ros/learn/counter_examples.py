@@ -1,6 +1,10 @@
 """Training-time counter-examples (negatives) for energy-based models, in torch.
 
 - `uniform`: y ~ U(low, high) (IBC B.1).
+- `dfo`: uniform samples moved toward low energy by rounds of IBC's derivative-free optimizer on the current
+  model (resample by softmax(-E), add shrinking noise), with no gradient; IBC's reference agent can draw a
+  fraction of its counter-examples this way (`fraction_dfo_samples`). They land in the model's own low-energy
+  basins, where uniform samples rarely fall, so the loss pushes up wrong modes it would otherwise seldom see.
 - `langevin`: uniform samples moved by stochastic-gradient Langevin dynamics on the current energy, with no
   gradient flowing back through the chain (IBC B.3, IRvS Algorithm 1). The step rule and the polynomially
   decaying step sizes are those of `irvs_ros.runtime.argmin.langevin_chain`, so training negatives and
@@ -43,6 +47,31 @@ def uniform(low: torch.Tensor, high: torch.Tensor, batch: int, num: int, generat
         raise ValueError(f"need batch >= 1 and num >= 1, got batch={batch}, num={num}")
     u = _rand("uniform", (batch, num, low.shape[0]), generator, low.device)
     return low + u * (high - low)
+
+
+def dfo(energy_fn: Callable[[torch.Tensor], torch.Tensor], low: torch.Tensor, high: torch.Tensor, batch: int,
+        num: int, iterations: int, noise_scale: float, noise_shrink: float, generator: torch.Generator) -> torch.Tensor:
+    """Counter-examples (batch, num, D) from `iterations` rounds of DFO on `energy_fn` ((B, N, D) -> (B, N)).
+
+    The runtime's DFO rounds (`runtime.argmin.dfo`): num uniform samples; each round but the last scores them,
+    resamples with replacement by softmax(-E) per row, adds N(0, sigma^2) noise, clips to the box and shrinks
+    sigma by noise_shrink. Returns the final samples (not only the best), detached; one round is uniform.
+    """
+    _check_bounds(low, high)
+    if iterations < 1 or noise_scale < 0 or not 0 < noise_shrink <= 1:
+        raise ValueError(f"need iterations >= 1, noise_scale >= 0 and 0 < noise_shrink <= 1, got {iterations}, "
+                         f"{noise_scale}, {noise_shrink}")
+    y = uniform(low, high, batch, num, generator)
+    sigma = float(noise_scale)
+    with torch.no_grad(), parametrize.cached():
+        for _ in range(iterations - 1):
+            probs = torch.softmax(-energy_fn(y).float(), dim=1)
+            idx = torch.multinomial(probs.to(generator.device), num, replacement=True, generator=generator)
+            y = torch.gather(y, 1, idx.to(y.device)[..., None].expand(-1, -1, y.shape[2]))
+            y = y + sigma * _rand("normal", tuple(y.shape), generator, y.device)
+            y = torch.maximum(torch.minimum(y, high), low)
+            sigma *= noise_shrink
+    return y.detach()
 
 
 def langevin_steps(iterations: int, step_init: float, step_final: float, power: float) -> np.ndarray:

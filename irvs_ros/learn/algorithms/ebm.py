@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -82,13 +82,18 @@ class _EnergyNetConfig(ImageEncoderFields):
 @dataclass
 class _DfoFields:
     """Derivative-free optimizer at inference (IBC B.1: sigma_init 0.33, K 0.5, 3 iterations); dfo_init_samples:
-    a larger first round (runtime.argmin.DfoConfig.init_samples; 0 = dfo_samples)."""
+    a larger first round (runtime.argmin.DfoConfig.init_samples; 0 = dfo_samples).
+
+    dfo_counter_example_fraction: the share of training counter-examples drawn by the same DFO rounds on the
+    current model (`learn.counter_examples.dfo`, from num_counter_examples uniform samples; IBC's reference agent
+    calls it fraction_dfo_samples); the rest stay uniform. 0 = all uniform (IBC B.1)."""
 
     dfo_samples: int = 1024
     dfo_iterations: int = 3
     dfo_noise_scale: float = 0.33
     dfo_noise_shrink: float = 0.5
     dfo_init_samples: int = 0
+    dfo_counter_example_fraction: float = 0.0
 
     def dfo_config(self) -> argmin.DfoConfig:
         return argmin.DfoConfig(num_samples=self.dfo_samples, iterations=self.dfo_iterations,
@@ -101,6 +106,9 @@ class _DfoFields:
         except argmin.ArgminError as e:
             msg = str(e).replace("DfoConfig.num_samples", "dfo_samples").replace("DfoConfig.", "dfo_")
             raise ConfigError(msg) from e
+        if not 0.0 <= self.dfo_counter_example_fraction <= 1.0:
+            raise ConfigError(f"dfo_counter_example_fraction: must be in [0, 1], got "
+                              f"{self.dfo_counter_example_fraction}")
 
 
 @dataclass
@@ -301,9 +309,25 @@ class _EnergyAlgorithm(Algorithm):
     def _uniform_negatives(self, batch: int, num: int, generator: torch.Generator) -> torch.Tensor:
         return counter_examples.uniform(self.var_low, self.var_high, batch, num, generator)
 
+    def _dfo_negatives(self, energy_fn: Callable[[torch.Tensor], torch.Tensor], low: torch.Tensor,
+                       high: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """Counter-examples (B, N, D) over the box [low, high] of D variables: the first N - k uniform, the last
+        k = round(dfo_counter_example_fraction * N) from DFO rounds on `energy_fn` (no gradient)."""
+        c = self.config
+        n = c.num_counter_examples
+        k = int(round(c.dfo_counter_example_fraction * n))
+        parts = [counter_examples.uniform(low, high, batch, n - k, generator)] if k < n else []
+        if k:
+            hard = counter_examples.dfo(energy_fn, low, high, batch, n, c.dfo_iterations, c.dfo_noise_scale,
+                                        c.dfo_noise_shrink, generator)
+            parts.append(hard[:, :k])
+        return torch.cat(parts, dim=1)
+
     def _infonce_uniform(self, feat: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        neg = self._uniform_negatives(y.shape[0], self.config.num_counter_examples, generator)
-        energies = self.heads[0](feat, torch.cat([y.unsqueeze(1), neg], dim=1))
+        """InfoNCE against uniform counter-examples (IBC B.1), a share of them DFO-drawn when the config asks."""
+        head, feat_fixed = self.heads[0], feat.detach()
+        neg = self._dfo_negatives(lambda x: head(feat_fixed, x), self.var_low, self.var_high, y.shape[0], generator)
+        energies = head(feat, torch.cat([y.unsqueeze(1), neg], dim=1))
         return info_nce(energies, 0)
 
     def _langevin_loss(self, feat: torch.Tensor, y: torch.Tensor,
@@ -474,11 +498,22 @@ class EbmAdfo(_EnergyAlgorithm):
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         feat, y = self._encode_batch(batch)
         b, n = y.shape[0], self.config.num_counter_examples
-        u = self._uniform_negatives(b, n, generator)  # (B, N, D); column j is model j's varying dimension
+        hard = self.config.dfo_counter_example_fraction > 0
+        # (B, N, D); column j is model j's varying dimension. With DFO-drawn counter-examples each model draws
+        # its own column instead, from its own energy.
+        u = None if hard else self._uniform_negatives(b, n, generator)
+        feat_fixed = feat.detach()
         losses = []
         for j, head in enumerate(self.heads):
             prefix = y[:, None, :j].expand(b, n, j)
-            neg = torch.cat([prefix, u[..., j: j + 1]], dim=2)
+            if hard:
+                def energy_j(x: torch.Tensor, head: EnergyHead = head, prefix: torch.Tensor = prefix) -> torch.Tensor:
+                    return head(feat_fixed, torch.cat([prefix, x], dim=2))
+
+                column = self._dfo_negatives(energy_j, self.var_low[j: j + 1], self.var_high[j: j + 1], b, generator)
+            else:
+                column = u[..., j: j + 1]
+            neg = torch.cat([prefix, column], dim=2)
             energies = head(feat, torch.cat([y[:, None, : j + 1], neg], dim=1))
             losses.append(info_nce(energies, 0))
         loss = torch.stack(losses).sum()
