@@ -33,6 +33,11 @@ def test_bench_particle_writes_results_per_cell(tmp_path):
     assert report["machine"]["torch"] and report["machine"]["cpu_count"] >= 1
     table = results.with_suffix(".md").read_text()
     assert "| mse |" in table and "| nn |" in table
+    # how the episodes ended, per cell, adding up to the episodes evaluated
+    for cell in report["cells"]:
+        assert sum(cell["outcomes"].values()) == 3
+        row = f"| {cell['algorithm']} | N=1 | " + " | ".join(str(v) for v in cell["outcomes"].values()) + " |"
+        assert row in table
 
 
 def test_bench_rejects_a_malformed_algorithm_override(tmp_path, capsys):

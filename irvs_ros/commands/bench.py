@@ -128,8 +128,23 @@ def _markdown(report: dict[str, Any]) -> str:
     for algo in report["budget"]["algos"]:
         lines.append(f"| {algo} | " + " | ".join(_cell_text(cells.get((algo, label)), "time") for label in labels)
                      + " |")
+    lines += _outcome_lines(report, cells)
     lines += ["", f"Paper: {report['paper']}", "", f"Total wall time: {report['wall_s']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _outcome_lines(report: dict[str, Any], cells: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Markdown lines: how each cell's episodes ended (particle: `sim.particle.OUTCOMES`), one row per cell that
+    has them; none for benchmarks whose evaluation does not count outcomes."""
+    rows = [(algo, label, c["outcomes"]) for algo in report["budget"]["algos"] for label in report["budget"]["columns"]
+            if (c := cells.get((algo, label))) is not None and "outcomes" in c]
+    if not rows:
+        return []
+    kinds = list(rows[0][2])
+    return ["", "How the episodes ended (episodes per outcome; `sim.particle.outcome`):", "",
+            "| algorithm | column | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds),
+            *(f"| {algo} | {label} | " + " | ".join(str(out.get(k, 0)) for k in kinds) + " |"
+              for algo, label, out in rows)]
 
 
 def run(args: argparse.Namespace) -> int:
