@@ -1,5 +1,5 @@
 """Decision latency of the IBC real-world policy on this CPU, per precision and threading (issue 4, "Benchmarks").
-Writes bench/results/policy_latency.json and policy_latency.md.
+Writes bench/results/policy_latency.json and policy_latency.md (--results: another path, without extension).
 
     .venv/bin/python bench/policy_latency.py [--decisions 200] [--e2e-decisions 60]
         [--trained FILE.onnx --calibration DATASET.h5] [--work out/bench/policy_latency]
@@ -378,6 +378,8 @@ def main() -> int:
     ap.add_argument("--agreement-obs", type=int, default=100, help="observations for action agreement")
     ap.add_argument("--no-fp16", action="store_true", help="skip the fp16 variant (slow on CPUs)")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench" / "policy_latency"), help="scratch directory")
+    ap.add_argument("--results", default=str(RESULTS / "policy_latency"),
+                    help="results path without extension (default bench/results/policy_latency)")
     args = ap.parse_args()
 
     from irvs_ros.runtime.precision import convert_policy
@@ -427,9 +429,10 @@ def main() -> int:
         meta["load_avg"]["after_e2e"] = os.getloadavg()
         print(json.dumps(results["e2e"], indent=1), flush=True)
     meta["load_avg"]["end"] = os.getloadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "policy_latency.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    (RESULTS / "policy_latency.md").write_text(markdown(meta, results))
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(meta, results))
     return 0
 
 
