@@ -32,6 +32,7 @@ _LANGEVIN = {"langevin_iterations": 4, "langevin_samples": 16, "num_counter_exam
 # Tiny networks and few inference samples: the suite checks plumbing and agreement, not policy quality.
 SMALL_PARAMS: dict[str, dict] = {
     "ebm_dfo": {**_SMALL, "num_counter_examples": 8, "dfo_samples": 64},
+    "ebm_dfo-hard": {**_SMALL, "num_counter_examples": 8, "dfo_samples": 64, "dfo_counter_example_fraction": 0.5},
     "ebm_adfo": {**_SMALL, "num_counter_examples": 8, "dfo_samples": 32},
     "ebm_adfo-hard": {**_SMALL, "num_counter_examples": 8, "dfo_samples": 32, "dfo_counter_example_fraction": 0.5},
     "ebm_langevin": {**_SMALL, **_LANGEVIN},
