@@ -177,6 +177,32 @@ def test_dfo_counter_examples_crowd_the_energy_minimum_seeded_and_bounded():
         counter_examples.dfo(energy, low, high, 1, 8, 0, 0.33, 0.5, torch.Generator())
 
 
+def test_torch_dfo_counter_examples_follow_the_runtime_dfo_rounds():
+    """Training negatives and the runtime argmin's final candidates come from the same rounds (resample by
+    softmax(-E), noise shrinking by K, clip): their spread around the minimum agrees round by round. The two
+    draw from different generators, so the check is on statistics of 4 x 1024 samples (a wrong sign, a missing
+    shrink or clip would move them by 2x or more)."""
+    centre = np.array([0.3, -0.4], np.float32)
+    low, high = np.full(2, -1.0, np.float32), np.full(2, 1.0, np.float32)
+
+    def energy_np(x):
+        return 20.0 * ((x - centre) ** 2).sum(-1)
+
+    def energy_torch(x):
+        return 20.0 * ((x - torch.from_numpy(centre)) ** 2).sum(-1)
+
+    spreads = []
+    for iterations in (1, 2, 3, 4):
+        cfg = argmin.DfoConfig(num_samples=1024, iterations=iterations, noise_scale=0.33, noise_shrink=0.5)
+        runtime = argmin.dfo(energy_np, low, high, 4, cfg, np.random.default_rng(iterations)).samples
+        trained = counter_examples.dfo(energy_torch, torch.from_numpy(low), torch.from_numpy(high), 4, 1024,
+                                       iterations, 0.33, 0.5, torch.Generator().manual_seed(iterations)).numpy()
+        r, t = (float(np.linalg.norm(s - centre, axis=-1).mean()) for s in (runtime, trained))
+        assert t == pytest.approx(r, rel=0.1), (iterations, t, r)
+        spreads.append(r)
+    assert spreads == sorted(spreads, reverse=True) and spreads[-1] < 0.5 * spreads[0]
+
+
 def test_dfo_counter_example_fraction_mixes_uniform_and_model_drawn_negatives():
     """ebm_dfo and ebm_adfo draw round(fraction * N) of their N counter-examples by DFO; 0 keeps IBC B.1's
     all-uniform draw bit for bit (same generator stream as before the option existed)."""
