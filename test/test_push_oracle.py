@@ -138,6 +138,19 @@ def test_pre_push_tolerance_decides_when_the_approach_ends():
         PushOracle(pre_push_tol=0.0)
 
 
+def test_reach_tolerance_decides_when_the_push_starts():
+    # Block at (0.4, 0) pushed toward (0.4, 0.3): the touching approach point is (0.4, -0.03); the setpoint is 4 mm
+    # short of it.
+    obs = _obs([0.4, -0.034], [0.4, -0.034], [0.4, 0.0], math.pi / 2, [0.4, 0.3], 0.0)
+    strict, loose = PushOracle(reach_tol=0.002), PushOracle(reach_tol=0.006)
+    strict.phase = loose.phase = "move_to_block"
+    a_strict, a_loose = strict(obs), loose(obs)
+    assert strict.phase == "move_to_block" and a_strict[1] == pytest.approx(0.004, abs=1e-6)  # the last 4 mm first
+    assert loose.phase == "push_block" and a_loose[1] == pytest.approx(0.024, abs=1e-6)  # on to 1 cm inside
+    with pytest.raises(ValueError, match="reach_tol"):
+        PushOracle(reach_tol=-1.0)
+
+
 @pytest.mark.parametrize("task,need", [("push", 19), ("push_insert", 17)])
 def test_memoryless_oracle_acts_on_the_observation_alone_and_still_succeeds(task, need):
     """memoryless=True: the action is a function of the observation (a fresh oracle and one that has run the

@@ -42,6 +42,8 @@ _S = state_slices(STATE_KEYS)
 # around it, and learned policies stall there (models/push_insert.md); 5 mm: noisy push_insert demos 91.5% successful
 # (1 mm: 78.8%), the noise-free oracle 98/100 push_insert (1 mm: 97) and 100/100 push seeds (both).
 PRE_PUSH_TOL = 5e-3
+# m: setpoint distance from the touching approach point (3 cm behind the block) that starts the push.
+REACH_TOL = 2e-3
 
 
 def _rot(v: np.ndarray, a: float) -> np.ndarray:
@@ -59,9 +61,11 @@ class PushOracle:
 
     def __init__(self, control_period: float = 0.2, noise_std: float = 0.0,
                  rng: np.random.Generator | None = None, pre_push_tol: float = PRE_PUSH_TOL,
-                 memoryless: bool = False) -> None:
+                 memoryless: bool = False, reach_tol: float = REACH_TOL) -> None:
         if not pre_push_tol > 0:
             raise ValueError(f"pre_push_tol must be > 0 (m), got {pre_push_tol!r}")
+        if not reach_tol > 0:
+            raise ValueError(f"reach_tol must be > 0 (m), got {reach_tol!r}")
         self.period = float(control_period)
         # Decide the phase from the observation at every step instead of carrying it over (see _observed_phase).
         self.memoryless = bool(memoryless)
@@ -78,7 +82,7 @@ class PushOracle:
         self.to_orient = 0.2
         self.flat_enough = 0.03
         self.v_approach, self.v_push, self.v_orient = 0.3, 0.35, 0.15
-        self.reach_tol = 0.002
+        self.reach_tol = float(reach_tol)
         self.detour_radius = 0.06
         self.behind_min = 0.015
         self.reset()
@@ -230,8 +234,9 @@ class InsertOracle(PushOracle):
 
     def __init__(self, control_period: float = 0.2, noise_std: float = 0.0, rng: np.random.Generator | None = None,
                  block_size: float = 0.04, pocket: float = 0.042, fixture: FixtureGeometry | None = None,
-                 tool_radius: float = 0.01, pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False) -> None:
-        super().__init__(control_period, noise_std, rng, pre_push_tol, memoryless)
+                 tool_radius: float = 0.01, pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False,
+                 reach_tol: float = REACH_TOL) -> None:
+        super().__init__(control_period, noise_std, rng, pre_push_tol, memoryless, reach_tol)
         self.block_size = float(block_size)
         self.pocket = float(pocket)
         f = fixture or FixtureGeometry()

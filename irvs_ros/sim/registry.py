@@ -12,7 +12,7 @@ import numpy as np
 from irvs_ros.runtime.spec import StateLayout
 from irvs_ros.sim.leftmost import LeftmostEnv, LeftmostOracle
 from irvs_ros.sim.particle import ParticleEnv, ParticleOracle
-from irvs_ros.sim.push_oracle import PRE_PUSH_TOL, InsertOracle, PushOracle
+from irvs_ros.sim.push_oracle import PRE_PUSH_TOL, REACH_TOL, InsertOracle, PushOracle
 from irvs_ros.sim.push_tasks import STATE_KEYS as PUSH_STATE_KEYS
 from irvs_ros.sim.push_tasks import PushEnv, PushInsertEnv
 from irvs_ros.sim.room import RoomEnv, RoomOracle
@@ -74,16 +74,17 @@ def _leftmost_oracle(env: LeftmostEnv, rng: np.random.Generator, p_optimal: floa
 
 
 def _push_oracle(env: PushEnv, rng: np.random.Generator, noise_std: float = 0.0,
-                 pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False) -> Oracle:
+                 pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False, reach_tol: float = REACH_TOL) -> Oracle:
     return PushOracle(env.cfg.cell.envelope.policy_period, noise_std=noise_std, rng=rng, pre_push_tol=pre_push_tol,
-                      memoryless=memoryless)
+                      memoryless=memoryless, reach_tol=reach_tol)
 
 
 def _push_insert_oracle(env: PushInsertEnv, rng: np.random.Generator, noise_std: float = 0.0,
-                        pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False) -> Oracle:
+                        pre_push_tol: float = PRE_PUSH_TOL, memoryless: bool = False,
+                        reach_tol: float = REACH_TOL) -> Oracle:
     return InsertOracle(env.cfg.cell.envelope.policy_period, noise_std=noise_std, rng=rng,
                         block_size=env.cfg.cell.block_size, pocket=env.pocket, pre_push_tol=pre_push_tol,
-                        memoryless=memoryless)
+                        memoryless=memoryless, reach_tol=reach_tol)
 
 
 ORACLES: dict[str, tuple[type[gym.Env], Callable[..., Oracle]]] = {
