@@ -107,6 +107,23 @@ def test_insert_oracle_moves_around_the_fixture_not_through_it():
     np.testing.assert_array_equal(oracle._around_fixture(ee, side - ee, fixture, axis, normal), side - ee)
 
 
+def test_insert_oracle_backs_a_tool_out_of_the_pocket_lane_before_moving_sideways():
+    oracle = InsertOracle()
+    fixture, axis, normal = np.array([0.4, 0.2]), np.array([0.0, 1.0]), np.array([-1.0, 0.0])
+    oracle.phase = "move_to_pre_block"
+    u0 = oracle.keep_out[0]
+    ee = fixture - 0.01 * axis + 0.005 * normal        # between the pocket's walls
+    beside = fixture - 0.03 * axis + 0.06 * normal      # past the wall on that side
+    delta = oracle._around_fixture(ee, beside - ee, fixture, axis, normal)
+    assert float(delta @ normal) == pytest.approx(0.0, abs=1e-12)  # straight back along the axis ...
+    assert float((ee + delta - fixture) @ axis) == pytest.approx(u0 - 0.004)  # ... to just in front of the box
+    # Moves along the lane, and sideways moves in front of the guides (nudging a block in the mouth), go as asked.
+    back = fixture - 0.05 * axis
+    np.testing.assert_array_equal(oracle._around_fixture(ee, back - ee, fixture, axis, normal), back - ee)
+    front = fixture + (oracle.walls_front - 0.005) * axis
+    np.testing.assert_array_equal(oracle._around_fixture(front, beside - front, fixture, axis, normal), beside - front)
+
+
 def test_insert_oracle_brings_the_setpoint_back_to_a_stuck_tool():
     oracle = InsertOracle()
     oracle.phase = "push_block"

@@ -247,6 +247,7 @@ class InsertOracle(PushOracle):
         guide_v = self.pocket / 2 + f.guide_length * math.sin(f.guide_angle) + f.wall_thickness
         self.keep_out = (-guide_u - grow, self.pocket / 2 + f.wall_thickness + grow,
                          max(guide_v, self.pocket / 2 + f.wall_thickness) + grow)
+        self.walls_front = -guide_u   # u of the guides' front ends: from there on walls bound the pocket's lane
         self.blocked_lag = 0.02
         self._fixture_frame = (np.zeros(2), np.array([1.0, 0.0]), np.array([0.0, 1.0]))
         self.pre_insert_gap = 0.025
@@ -362,11 +363,22 @@ class InsertOracle(PushOracle):
                         normal: np.ndarray) -> np.ndarray:
         """`delta` (2,), or a move toward a corner of the keep-out box when the straight move to ee + delta would
         cross it (only for moves that are not pushes, and only from outside the box toward a point outside it:
-        inserting takes the tool into the mouth)."""
+        inserting takes the tool into the mouth), or, for a tool in the pocket's lane (in the mouth or the pocket)
+        sent out of that lane, a move straight back out of the mouth first."""
         if self.phase == "push_block":
             return delta
         u0, u1, vh = self.keep_out
-        if self._in_keep_out(ee, fixture, axis, normal) or self._in_keep_out(ee + delta, fixture, axis, normal):
+        if self._in_keep_out(ee, fixture, axis, normal):
+            # The walls close the lane on both sides: a sideways move from it stops at a wall, and the stuck-tool
+            # rule brings the setpoint back to the tool, so the two alternated until the episode ended (all 4
+            # failures of 60 noisy oracle episodes). Back out along the axis, pushing away whatever is in the
+            # mouth, then go around as from anywhere in front of the box.
+            rel, end = ee - fixture, ee + delta - fixture
+            in_lane = float(rel @ axis) > self.walls_front and abs(float(rel @ normal)) < self.pocket / 2
+            if in_lane and abs(float(end @ normal)) >= self.pocket / 2:
+                return axis * (u0 - 0.004 - float(rel @ axis))
+            return delta
+        if self._in_keep_out(ee + delta, fixture, axis, normal):
             return delta
         a = (float((ee - fixture) @ axis), float((ee - fixture) @ normal))
         b = (float((ee + delta - fixture) @ axis), float((ee + delta - fixture) @ normal))
