@@ -19,7 +19,9 @@ to the fixture that the pre-push point or a nudging spot falls in the box is fir
 axis (or, beside the fixture, forward along its side) without re-orienting; and if the measured effector lags
 the setpoint by more than 2 cm (the tool is stuck on something) the setpoint comes back to the tool before
 anything else is tried, instead of winding up the joint motors against a wall (which made PyBullet fling the
-block off the table now and then). A block counts as in the mouth only inside the pocket's lane.
+block off the table now and then). A block counts as in the mouth only inside the pocket's lane; a tool between the pocket's walls that is sent
+out of the lane first backs straight out of the mouth (sent sideways, it stopped at a wall, was brought back and
+sent again until the episode ended).
 Both oracles start a push over once the tool is no longer behind the block (IBC's would keep pushing a block
 that overshot its target away from it). With these, 98-99/100 seeds insert fully (96 before).
 
