@@ -159,7 +159,7 @@ def test_reach_tolerance_decides_when_the_push_starts():
     # Block at (0.4, 0) pushed toward (0.4, 0.3): the touching approach point is (0.4, -0.03); the setpoint is 4 mm
     # short of it.
     obs = _obs([0.4, -0.034], [0.4, -0.034], [0.4, 0.0], math.pi / 2, [0.4, 0.3], 0.0)
-    strict, loose = PushOracle(reach_tol=0.002), PushOracle(reach_tol=0.006)
+    strict, loose = PushOracle(reach_tol=0.002), PushOracle()  # the default: 6 mm
     strict.phase = loose.phase = "move_to_block"
     a_strict, a_loose = strict(obs), loose(obs)
     assert strict.phase == "move_to_block" and a_strict[1] == pytest.approx(0.004, abs=1e-6)  # the last 4 mm first

@@ -100,7 +100,8 @@ def make_oracle(name: str, env: gym.Env, rng: np.random.Generator | None = None,
     """The scripted policy for environment `name`, reading its parameters from `env`.
 
     Options: particle (switch_radius=0.01), room (noise=0.05, as a fraction of the step limit),
-    leftmost (p_optimal=1.0), push / push_insert (noise_std=0.0, pre_push_tol=0.005 m, memoryless=False).
+    leftmost (p_optimal=1.0), push / push_insert (noise_std=0.0, pre_push_tol=0.005 m, memoryless=False,
+    reach_tol=0.006 m).
     `rng` drives the oracle's own choices and noise.
     """
     if name not in ORACLES:
