@@ -1,8 +1,8 @@
 """Scripted experts for the push tasks, reading the full state (see push_tasks.STATE_KEYS).
 
 PushOracle is IBC's oriented push oracle (numbers from the IBC code, DESIGN.md): go to a pre-push point
-5 cm behind the block on the block->target line (0.3 m/s), approach to 3 cm (within 6 mm), push toward 1 cm inside the
-block (0.35 m/s); if the block's yaw error (relative to the push direction, wrapped to +-pi/4 by the
+5 cm behind the block on the block->target line (0.3 m/s), approach to 3 cm (within 6 mm), push toward 1 cm
+inside the block (0.35 m/s); if the block's yaw error (relative to the push direction, wrapped to +-pi/4 by the
 block's symmetry) exceeds 0.2 rad, nudge it from a point rotated +-0.2 rad around the block, 2.5 cm out
 (0.15 m/s), until the error is below 0.03 rad, then start over from the pre-push point.
 Positions are the commanded setpoint (as IBC's oracle), so phase changes do not depend on tracking lag.
@@ -19,9 +19,9 @@ to the fixture that the pre-push point or a nudging spot falls in the box is fir
 axis (or, beside the fixture, forward along its side) without re-orienting; and if the measured effector lags
 the setpoint by more than 2 cm (the tool is stuck on something) the setpoint comes back to the tool before
 anything else is tried, instead of winding up the joint motors against a wall (which made PyBullet fling the
-block off the table now and then). A block counts as in the mouth only inside the pocket's lane; a tool between the pocket's walls that is sent
-out of the lane first backs straight out of the mouth (sent sideways, it stopped at a wall, was brought back and
-sent again until the episode ended).
+block off the table now and then). A block counts as in the mouth only inside the pocket's lane; a tool
+between the pocket's walls that is sent out of the lane first backs straight out of the mouth (sent sideways,
+it stopped at a wall, was brought back and sent again until the episode ended).
 Both oracles start a push over once the tool is no longer behind the block (IBC's would keep pushing a block
 that overshot its target away from it). With these, 98-99/100 seeds insert fully (96 before).
 
