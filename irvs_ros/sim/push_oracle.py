@@ -254,6 +254,7 @@ class InsertOracle(PushOracle):
                          max(guide_v, self.pocket / 2 + f.wall_thickness) + grow)
         self.walls_front = -guide_u   # u of the guides' front ends: from there on walls bound the pocket's lane
         self.blocked_lag = 0.02
+        self.box_margin = 0.004   # how far outside the keep-out box the detours end, so the next move clears it
         self._fixture_frame = (np.zeros(2), np.array([1.0, 0.0]), np.array([0.0, 1.0]))
         self.pre_insert_gap = 0.025
         self.insert_to_orient, self.insert_flat = 0.04, 0.01
@@ -381,7 +382,7 @@ class InsertOracle(PushOracle):
             rel, end = ee - fixture, ee + delta - fixture
             in_lane = float(rel @ axis) > self.walls_front and abs(float(rel @ normal)) < self.pocket / 2
             if in_lane and abs(float(end @ normal)) >= self.pocket / 2:
-                return axis * (u0 - 0.004 - float(rel @ axis))
+                return axis * (u0 - self.box_margin - float(rel @ axis))
             return delta
         if self._in_keep_out(ee + delta, fixture, axis, normal):
             return delta
@@ -391,7 +392,7 @@ class InsertOracle(PushOracle):
             return delta
         # Corners a little outside the box (so that the next move from there clears it); the one that makes the
         # shortest detour among those reachable in a straight line.
-        m = 0.004
+        m = self.box_margin
         corners = [(u, v) for u in (u0 - m, u1 + m) for v in (-vh - m, vh + m)]
         best, best_len = None, math.inf
         for c in corners:
